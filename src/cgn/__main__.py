@@ -1,0 +1,5 @@
+import sys
+
+from cgn.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""The shared core used by both the MNIST and the ImageNet variants."""

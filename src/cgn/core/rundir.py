@@ -1,0 +1,76 @@
+"""Run directories: one folder per run holding, in this order of creation,
+``config.json`` (the resolved config), ``log.txt``, ``metrics.jsonl``, ``samples/`` and
+``checkpoints/``.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cgn import __version__
+from cgn.errors import CGNError
+from cgn.io import append_jsonl, read_jsonl, write_json_atomic
+
+
+class RunDir:
+    def __init__(self, root: str | os.PathLike, config: dict, *, resume: bool = False):
+        self.root = Path(root)
+        self.samples = self.root / "samples"
+        self.checkpoints = self.root / "checkpoints"
+        cfg_path = self.root / "config.json"
+        if cfg_path.exists():
+            if not resume:
+                raise CGNError(f"run directory {self.root} already holds a run; pass --resume to "
+                               "continue it or choose another --out")
+        else:
+            write_json_atomic(cfg_path, {"config": config, "environment": environment()})
+        self.samples.mkdir(parents=True, exist_ok=True)
+        self.checkpoints.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def config_path(self) -> Path:
+        return self.root / "config.json"
+
+    def stored_config(self) -> dict:
+        return json.loads(self.config_path.read_text())["config"]
+
+    def log(self, message: str, echo: bool = True) -> None:
+        stamp = _dt.datetime.now().strftime("%Y-%m-%d %H:%M:%S")
+        with open(self.root / "log.txt", "a") as f:
+            f.write(f"[{stamp}] {message}\n")
+        if echo:
+            print(message, file=sys.stderr, flush=True)
+
+    def metric(self, record: dict[str, Any]) -> None:
+        append_jsonl(self.root / "metrics.jsonl", record)
+
+    def metrics(self) -> list[dict]:
+        return read_jsonl(self.root / "metrics.jsonl")
+
+    def truncate_metrics(self, max_step: int, key: str = "step") -> None:
+        """On resume, drop metric lines written after the checkpoint being resumed from."""
+        path = self.root / "metrics.jsonl"
+        rows = [r for r in read_jsonl(path) if r.get(key, 0) <= max_step]
+        from cgn.io import write_text_atomic
+        write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in rows))
+
+    def latest_checkpoint(self) -> Path | None:
+        p = self.checkpoints / "last.pt"
+        return p if p.exists() else None
+
+
+def environment() -> dict:
+    return {
+        "cgn": __version__, "torch": torch.__version__, "python": platform.python_version(),
+        "platform": platform.platform(), "cpu_count": os.cpu_count(),
+        "cuda": torch.cuda.is_available(), "argv": sys.argv,
+        "started": _dt.datetime.now().isoformat(timespec="seconds"),
+    }
