@@ -27,7 +27,7 @@ from cgn import __version__
 from cgn.core.composer import compose
 from cgn.errors import CGNError
 from cgn.mnist.source import Mnist, load_mnist
-from cgn.mnist.textures import TextureSet, get_textures
+from cgn.mnist.textures import TEXTURE_SIZE, TextureSet, get_textures
 
 VARIANTS = ("colored-mnist", "double-colored-mnist", "wildlife-mnist")
 SPLITS = ("train", "test")
@@ -100,19 +100,37 @@ def _draw_classes(labels: np.ndarray, train: bool, rng: np.random.Generator) -> 
     return labels.copy() if train else rng.integers(0, 10, size=len(labels)).astype(np.int64)
 
 
+CHUNK = 8192  # images composed at a time: bounds peak memory, results do not depend on it
+
+
 def _to_uint8(x: torch.Tensor) -> np.ndarray:
     """float [N, 3, H, W] in [0, 1] -> uint8 [N, H, W, 3]."""
     return (x.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
 
 
+def _paint(alpha: np.ndarray, fg, bg) -> np.ndarray:
+    """Compose chunk by chunk. ``alpha``: [N, 32, 32] in [0, 1]; ``fg`` / ``bg``: callables
+    mapping a slice to float [n, 3, 32, 32] images in [0, 1]. Returns uint8 [N, 32, 32, 3]."""
+    out = np.empty((len(alpha), SIZE, SIZE, 3), dtype=np.uint8)
+    for a in range(0, len(alpha), CHUNK):
+        sl = slice(a, a + CHUNK)
+        m = torch.from_numpy(alpha[sl]).float()[:, None]
+        out[sl] = _to_uint8(compose(m, fg(sl), bg(sl)))
+    return out
+
+
+def _flat(colours: np.ndarray):
+    """Per-item RGB colours [N, 3] -> a slice-to-image callable of constant-colour images."""
+    t = torch.from_numpy(np.clip(colours, 0.0, 1.0)).float()[:, :, None, None]
+    return lambda sl: t[sl].expand(-1, -1, SIZE, SIZE)
+
+
 def _build_colored(digits, labels, train, rng) -> dict:
     fg = _draw_classes(labels, train, rng)
     colour = COLORED_PALETTE[fg] + rng.normal(0.0, math.sqrt(COLORED_VARIANCE), size=(len(fg), 3))
-    colour = torch.from_numpy(np.clip(colour, 0.0, 1.0)).float()[:, :, None, None]
-    strokes = torch.from_numpy(digits).float()[:, None] / 255.0  # the digit's intensity is its alpha
-    black = torch.zeros(1, 3, 1, 1).expand(len(fg), 3, SIZE, SIZE)
-    images = compose(strokes, colour.expand(-1, -1, SIZE, SIZE), black)
-    return {"images": _to_uint8(images), "fg_class": fg, "bg_class": np.full_like(fg, -1)}
+    # The digit's grey level is its alpha: strokes in the jittered class colour on black.
+    images = _paint(digits.astype(np.float32) / 255.0, _flat(colour), _flat(np.zeros((len(fg), 3))))
+    return {"images": images, "fg_class": fg, "bg_class": np.full_like(fg, -1)}
 
 
 def _build_double(digits, labels, train, rng) -> dict:
@@ -122,32 +140,35 @@ def _build_double(digits, labels, train, rng) -> dict:
     fg = _draw_classes(labels, train, rng)
     bg_col = bg_table[bg] + rng.normal(0.0, DOUBLE_NOISE_STD, size=(n, 3))
     fg_col = obj_table[fg] + rng.normal(0.0, DOUBLE_NOISE_STD, size=(n, 3))
-    mask = torch.from_numpy(digits / 255.0 > BINARIZE_THRESHOLD).float()[:, None]
-    as_img = lambda c: torch.from_numpy(c).float()[:, :, None, None].expand(-1, -1, SIZE, SIZE)  # noqa: E731
-    images = compose(mask, as_img(fg_col), as_img(bg_col))
-    return {"images": _to_uint8(images), "fg_class": fg, "bg_class": bg}
+    images = _paint(digits > BINARIZE_THRESHOLD * 255, _flat(fg_col), _flat(bg_col))
+    return {"images": images, "fg_class": fg, "bg_class": bg}
 
 
-def _random_crops(textures: np.ndarray, cls: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """For each item, a random SIZE x SIZE crop of its class texture (reflect-padded): [N, S, S, 3]."""
+def _crop_offsets(n: int, rng: np.random.Generator) -> np.ndarray:
+    span = TEXTURE_SIZE + 2 * TEXTURE_PAD - SIZE + 1
+    return rng.integers(0, span, size=(n, 2))
+
+
+def _crops(textures: np.ndarray, cls: np.ndarray, offsets: np.ndarray):
+    """Slice-to-image callable: random SIZE x SIZE crops of each item's (reflect-padded) texture."""
     p = TEXTURE_PAD
     padded = np.pad(textures, ((0, 0), (p, p), (p, p), (0, 0)), mode="reflect")
-    span = padded.shape[1] - SIZE + 1
-    oy = rng.integers(0, span, size=len(cls))
-    ox = rng.integers(0, span, size=len(cls))
     ar = np.arange(SIZE)
-    return padded[cls[:, None, None], (oy[:, None] + ar)[:, :, None], (ox[:, None] + ar)[:, None, :]]
+
+    def get(sl):
+        c, o = cls[sl], offsets[sl]
+        crop = padded[c[:, None, None], (o[:, 0, None] + ar)[:, :, None], (o[:, 1, None] + ar)[:, None, :]]
+        return torch.from_numpy(crop).permute(0, 3, 1, 2).float() / 255.0
+    return get
 
 
 def _build_wildlife(digits, labels, train, rng, tex: TextureSet) -> dict:
     bg = _draw_classes(labels, train, rng)
     fg = _draw_classes(labels, train, rng)
-    fg_tex = _random_crops(tex.objects, fg, rng)
-    bg_tex = _random_crops(tex.backgrounds, bg, rng)
-    mask = torch.from_numpy(digits / 255.0 > BINARIZE_THRESHOLD).float()[:, None]
-    as_img = lambda t: torch.from_numpy(t).permute(0, 3, 1, 2).float() / 255.0  # noqa: E731
-    images = compose(mask, as_img(fg_tex), as_img(bg_tex))
-    return {"images": _to_uint8(images), "fg_class": fg, "bg_class": bg}
+    fg_off, bg_off = _crop_offsets(len(fg), rng), _crop_offsets(len(bg), rng)
+    images = _paint(digits > BINARIZE_THRESHOLD * 255, _crops(tex.objects, fg, fg_off),
+                    _crops(tex.backgrounds, bg, bg_off))
+    return {"images": images, "fg_class": fg, "bg_class": bg}
 
 
 @functools.lru_cache(maxsize=8)
