@@ -1,0 +1,143 @@
+"""Losses of a CGN, shared by the MNIST and the ImageNet variants.
+
+- LSGAN adversarial losses (least squares against 1 for real, 0 for fake);
+- the mask's binary entropy, which pushes every mask pixel towards 0 or 1;
+- the mask-size interval loss (ImageNet: the mean mask is kept inside ``[0.1, 0.9]``);
+- the perceptual *style* loss: L1 between per-sample Gram matrices of VGG16 features, layer ``i``
+  weighted by ``w_i**2 * 5000``; layers with weight 0 are not computed at all and the network is
+  run only up to the deepest layer needed;
+- the reproducibility study's additions: an SSIM loss (``1 - SSIM``, Gaussian window 11, via
+  ``pytorch-msssim``) and a mask border loss (mask mass near the image edge, which a digit mask
+  should not have; it counters the masks that collapse to the whole frame).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cgn.core.perceptual import STAGE_NAMES, VGG16Features
+from cgn.errors import CGNError
+
+STYLE_SCALE = 5e3  # the original's factor on w_i**2
+
+
+# --- adversarial -----------------------------------------------------------------------------
+
+def lsgan_generator_loss(d_fake: torch.Tensor) -> torch.Tensor:
+    """Generator side of LSGAN: ``mean((D(x_gen) - 1)**2)``."""
+    return F.mse_loss(d_fake, torch.ones_like(d_fake))
+
+
+def lsgan_discriminator_loss(d_real: torch.Tensor, d_fake: torch.Tensor) -> torch.Tensor:
+    """Discriminator side of LSGAN: ``(mean((D(x)-1)**2) + mean(D(x_gen)**2)) / 2``."""
+    return (F.mse_loss(d_real, torch.ones_like(d_real)) + F.mse_loss(d_fake, torch.zeros_like(d_fake))) / 2
+
+
+# --- mask --------------------------------------------------------------------------------------
+
+def binary_entropy(p: torch.Tensor) -> torch.Tensor:
+    """Element-wise ``-p log2 p - (1-p) log2 (1-p)`` (in bits; 0 at p in {0, 1}, 1 at p = 0.5)."""
+    return -p * torch.log2(p) - (1 - p) * torch.log2(1 - p)
+
+
+def mask_binary_entropy(mask: torch.Tensor) -> torch.Tensor:
+    """Mean binary entropy of a mask with values strictly inside (0, 1)."""
+    return binary_entropy(mask).mean()
+
+
+def mask_interval_loss(mask: torch.Tensor, low: float = 0.1, high: float = 0.9) -> torch.Tensor:
+    """Per-sample mean mask outside ``[low, high]`` is penalised linearly; averaged over the batch."""
+    mean = mask.flatten(1).mean(1)
+    return (F.relu(low - mean) + F.relu(mean - high)).mean()
+
+
+def mask_border_loss(mask: torch.Tensor, width: int = 3) -> torch.Tensor:
+    """Mean mask value over the frame of ``width`` pixels along the image border.
+
+    mask: [B, 1, H, W]. An object mask (an MNIST digit is centred with a margin of about 4 px
+    at 32 px) should be ~0 there; a mask that spreads to the whole frame is penalised.
+    """
+    h, w = mask.shape[-2:]
+    if not 0 < 2 * width < min(h, w):
+        raise ValueError(f"border width {width} does not fit a {h}x{w} mask")
+    frame = torch.ones(h, w, dtype=torch.bool, device=mask.device)
+    frame[width:h - width, width:w - width] = False
+    return mask[..., frame].mean()
+
+
+# --- SSIM ---------------------------------------------------------------------------------------
+
+def ssim_loss(x: torch.Tensor, y: torch.Tensor, win_size: int = 11) -> torch.Tensor:
+    """``1 - SSIM(x, y)`` for images in ``[-1, 1]`` (Gaussian window ``win_size``, sigma 1.5)."""
+    try:
+        from pytorch_msssim import ssim
+    except ImportError:
+        raise CGNError("the SSIM loss needs pytorch-msssim; pip install pytorch-msssim") from None
+    x01 = (x.float() + 1) / 2
+    y01 = (y.float() + 1) / 2
+    return 1 - ssim(x01, y01, data_range=1.0, win_size=win_size, size_average=True)
+
+
+# --- perceptual style loss -----------------------------------------------------------------------
+
+def gram_matrix(f: torch.Tensor) -> torch.Tensor:
+    """Per-sample Gram matrix: f [B, C, H, W] -> [B, C, C], normalised by C*H*W."""
+    b, c, h, w = f.shape
+    f = f.reshape(b, c, h * w).float()
+    return torch.bmm(f, f.transpose(1, 2)) / (c * h * w)
+
+
+class StyleLoss(nn.Module):
+    """Gram-matrix style loss on VGG16 stages, ``sum_i w_i**2 * 5000 * L1(G_i(x), G_i(target))``.
+
+    ``weights`` has one entry per stage (``relu1_2, relu2_2, relu3_3, relu4_3[, relu5_3]``);
+    stages with weight 0 are skipped and the network stops at the deepest stage with a nonzero
+    weight. The target's features are computed without gradients (it is real data or a fixed
+    template). ``autocast_bf16`` runs the VGG forward in bfloat16 (Gram matrices stay float32).
+    Gram matrices are per sample, so ``generated`` and ``target`` are paired item by item (the
+    original pairs a generated batch with an unrelated real batch).
+    """
+
+    def __init__(self, extractor: VGG16Features, weights: Sequence[float],
+                 autocast_bf16: bool = False, scale: float = STYLE_SCALE):
+        super().__init__()
+        weights = [float(w) for w in weights]
+        if not 1 <= len(weights) <= len(STAGE_NAMES):
+            raise CGNError(f"style weights need 1..{len(STAGE_NAMES)} entries, got {len(weights)}")
+        if any(w < 0 for w in weights):
+            raise CGNError(f"style weights must be >= 0, got {weights}")
+        self.extractor = extractor
+        self.weights = weights
+        self.scale = float(scale)
+        self.autocast_bf16 = bool(autocast_bf16)
+        self.active = [i for i, w in enumerate(weights) if w != 0]
+        self.depth = max(self.active) + 1 if self.active else 0
+
+    def _features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        ctx = (torch.autocast(device_type=x.device.type, dtype=torch.bfloat16)
+               if self.autocast_bf16 else contextlib.nullcontext())
+        with ctx:
+            return self.extractor(x, self.depth)
+
+    def forward(self, generated: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Returns (total loss, {stage name: weighted loss of that stage}) for the active stages."""
+        if generated.shape != target.shape:
+            raise ValueError(f"style loss: generated {tuple(generated.shape)} and target "
+                             f"{tuple(target.shape)} differ in shape")
+        if not self.active:
+            zero = generated.new_zeros(())
+            return zero, {}
+        with torch.no_grad():
+            target_feats = self._features(target)
+            target_grams = {i: gram_matrix(target_feats[i]) for i in self.active}
+        gen_feats = self._features(generated)
+        parts = {}
+        for i in self.active:
+            g = gram_matrix(gen_feats[i])
+            parts[STAGE_NAMES[i]] = F.l1_loss(g, target_grams[i]) * self.weights[i] ** 2 * self.scale
+        return sum(parts.values()), parts
