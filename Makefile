@@ -24,7 +24,9 @@ test: setup
 	$(PY) -m pytest -q
 
 demo: setup
-	$(VENV)/bin/cgn demo
+	@mkdir -p runs/demo
+	for v in colored-mnist double-colored-mnist wildlife-mnist; do \
+	  $(VENV)/bin/cgn data preview $$v --out runs/demo/$$v.png || exit 1; done
 
 bench: setup
 	$(PY) benchmarks/data_build.py
