@@ -15,6 +15,7 @@ from cgn.errors import CGNError
 # Subcommand modules, in the order they appear in ``cgn --help``.
 COMMAND_MODULES = [
     "cgn.commands.data",
+    "cgn.commands.explain",
 ]
 
 
