@@ -364,6 +364,9 @@ class Trainer:
         self.dist.barrier()
         self.epoch, self.step_in_epoch, self.global_step = 0, 0, 0
         self.last_metrics: dict = {}
+        # the training statistics not yet logged: name -> [sum, count]; checkpointed so that a
+        # resumed run writes the same log lines as an uninterrupted one
+        self._window: dict[str, list] = {}
         if resume:
             self._try_resume()
         self.tb = self._open_tensorboard() if tensorboard and self.dist.is_main else None
@@ -398,6 +401,9 @@ class Trainer:
         self.epoch, self.step_in_epoch = int(ex["epoch"]), int(ex["step_in_epoch"])
         self.global_step = int(ckpt["step"])
         self.last_metrics = ex.get("metrics", {})
+        windows = ex.get("log_window_all") or []
+        if len(windows) == self.dist.world_size:
+            self._window = {k: list(v) for k, v in windows[self.dist.rank].items()}
         if self.run is not None:
             self.run.truncate_metrics(self.global_step)
             self.run.log(f"resumed from {path}: epoch {self.epoch}, step {self.step_in_epoch} of "
@@ -406,12 +412,14 @@ class Trainer:
     def save(self) -> None:
         """Write ``checkpoints/last.pt`` (rank 0; all ranks contribute their RNG state)."""
         rngs = self.dist.all_gather_object(rng_state())
+        windows = self.dist.all_gather_object(
+            {k: [float(v[0]), float(v[1])] for k, v in self._window.items()})
         if self.run is None:
             return
         extra = {"epoch": self.epoch, "step_in_epoch": self.step_in_epoch,
                  "steps_per_epoch": self.data.steps_per_epoch,
                  "world_size": self.dist.world_size, "rng_all": rngs,
-                 "metrics": self.last_metrics}
+                 "log_window_all": windows, "metrics": self.last_metrics}
         if self.scheduler is not None:
             extra["scheduler"] = self.scheduler.state_dict()
         if self.extra_state is not None:
@@ -442,10 +450,13 @@ class Trainer:
                     self.tb.add_scalar(k, v, record["step"])
             self.tb.flush()
 
-    def _flush_window(self, window: dict[str, list], n_steps: int) -> None:
+    def _flush_window(self) -> None:
+        window, self._window = self._window, {}
+        if not window:
+            return
         names = sorted(window)
-        t = torch.tensor([float(window[k][0]) for k in names] + [float(window[k][1]) for k in names]
-                         + [float(n_steps)], dtype=torch.float64, device=self.dist.device)
+        t = torch.tensor([float(window[k][0]) for k in names] + [float(window[k][1]) for k in names],
+                         dtype=torch.float64, device=self.dist.device)
         self.dist.all_reduce_sum(t)
         k = len(names)
         rec: dict[str, Any] = {"step": self.global_step,
@@ -483,8 +494,6 @@ class Trainer:
             if self.max_steps is not None and self.global_step >= self.max_steps:
                 break
             self._set_train()
-            window: dict[str, list] = {}
-            n_window = 0
             bar = progress(total=steps, initial=self.step_in_epoch,
                            desc=f"epoch {self.epoch + 1}/{self.epochs}") if self.dist.is_main else None
             t0 = time.time()
@@ -498,26 +507,18 @@ class Trainer:
                 self.optimizer.step()
                 self.step_in_epoch += 1
                 self.global_step += 1
-                n_window += 1
-                acc = window.setdefault("loss", [0.0, 0.0])
-                acc[0] += out.loss.detach()
-                acc[1] += 1
-                for name, (s, c) in out.stats.items():
-                    acc = window.setdefault(name, [0.0, 0.0])
+                for name, (s, c) in [("loss", (out.loss, 1)), *out.stats.items()]:
+                    acc = self._window.setdefault(name, [0.0, 0.0])
                     acc[0] += s.detach() if isinstance(s, torch.Tensor) else s
                     acc[1] += c.detach() if isinstance(c, torch.Tensor) else c
                 if bar is not None:
                     bar.update(1)
                     if self.global_step % 10 == 0:
-                        bar.set_postfix(loss=f"{float(out.loss):.4f}")
+                        bar.set_postfix(loss=f"{out.loss.item():.4f}")
                 if self.global_step % self.log_every == 0 or self.step_in_epoch == steps:
-                    self._flush_window(window, n_window)
-                    window, n_window = {}, 0
+                    self._flush_window()
                 stop = self.max_steps is not None and self.global_step >= self.max_steps
                 if stop or (self.checkpoint_every and self.global_step % self.checkpoint_every == 0):
-                    if window:
-                        self._flush_window(window, n_window)
-                        window, n_window = {}, 0
                     self.save()
                 if stop:
                     break
