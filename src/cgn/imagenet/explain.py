@@ -93,9 +93,11 @@ def explain_top_classes(predict: Callable[[np.ndarray], np.ndarray], image: np.n
     probs = predict(image[None])[0]                                       # [1000]
     top = [int(i) for i in np.argsort(-probs)[:top_k]]
     explainer = lime_image.LimeImageExplainer(random_state=seed)
+    # LIME's quickshift parameters are meant for 0..255 pixel values: explain on that scale
     segmenter = SegmentationAlgorithm("quickshift", kernel_size=4, max_dist=200, ratio=0.2,
                                       random_seed=seed)
-    exp = explainer.explain_instance(image, predict, labels=top, top_labels=None, hide_color=0,
+    exp = explainer.explain_instance(image * 255.0, lambda imgs: predict(imgs / 255.0),
+                                     labels=top, top_labels=None, hide_color=0,
                                      num_samples=num_samples, batch_size=batch_size,
                                      segmentation_fn=segmenter, random_seed=seed)
     result = []
@@ -122,7 +124,9 @@ def render_figure(image: np.ndarray, rows: dict[str, list[ClassExplanation]]) ->
             lim = float(np.abs(e.heatmap).max()) or 1.0
             axes[r, c].imshow(image)
             axes[r, c].imshow(e.heatmap, cmap="RdYlGn", vmin=-lim, vmax=lim, alpha=0.6)
-            axes[r, c].set_title(f"{e.name[:22]}\n{100 * e.probability:.1f}%", fontsize=8)
+            pct = 100 * e.probability
+            axes[r, c].set_title(f"{e.name[:22]}\n{pct:.1f}%" if pct >= 1 else
+                                 f"{e.name[:22]}\n{pct:.2f}%", fontsize=8)
         for c in range(ncols):
             axes[r, c].axis("off")
     fig.tight_layout()
