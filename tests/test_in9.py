@@ -110,3 +110,6 @@ def test_in9_folder_checks(tmp_path):
         IN9Folder(str(tmp_path / "misnumbered"))
     with pytest.raises(CGNError, match="not found"):
         in9_variant_dir(tmp_path, "mixed_next")
+    # the release archive unpacks into bg_challenge/<variant>/val
+    (tmp_path / "dl" / "bg_challenge" / "only_fg" / "val").mkdir(parents=True)
+    assert in9_variant_dir(tmp_path / "dl", "only_fg") == tmp_path / "dl" / "bg_challenge" / "only_fg" / "val"

@@ -136,3 +136,18 @@ def test_shape_bias_metric_on_known_predictions():
     assert res["shape_bias/texture"] == 25.0
     res = shape_bias(ByIndex(), data, batch_size=4, exclude_same=False)
     assert res["shape_bias/n"] == 6 and res["shape_bias/avg/shape_hits"] == 2
+
+
+def test_loader_finds_stimuli_in_downloaded_repository(tmp_path):
+    from PIL import Image
+    d = tmp_path / "texture-vs-shape-master" / "stimuli" / "style-transfer-preprocessed-512"
+    for name in ("cat/cat1-dog2.png", "dog/dog3-dog1.png"):
+        (d / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (8, 8)).save(d / name)
+    (tmp_path / "texture-vs-shape-master" / "stimuli" / "other").mkdir()
+    ds = CueConflictDataset(tmp_path)
+    assert ds.root == d and [(s, t) for _, s, t in ds.samples] == [
+        (CATEGORIES.index("cat"), CATEGORIES.index("dog")),
+        (CATEGORIES.index("dog"), CATEGORIES.index("dog"))]
+    with pytest.raises(CGNError, match="no cue-conflict"):
+        CueConflictDataset(tmp_path / "texture-vs-shape-master" / "stimuli" / "other")

@@ -173,17 +173,36 @@ def parse_stimulus_name(name: str) -> tuple[str, str]:
     return m.group(1), m.group(3)
 
 
+STIMULI_SUBDIR = "stimuli/style-transfer-preprocessed-512"
+
+
+def cue_conflict_root(root: str | os.PathLike) -> Path:
+    """The folder holding the stimuli: ``root`` itself when it has category folders or PNGs,
+    else the texture-vs-shape repository's ``stimuli/style-transfer-preprocessed-512`` below it
+    (as ``cgn download cue-conflict`` unpacks it)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise CGNError(f"cue-conflict folder {root} does not exist; get it with "
+                       "`cgn download cue-conflict` or point --cue-conflict at it")
+    if any((root / c).is_dir() for c in CATEGORIES) or any(root.glob("*.png")):
+        return root
+    found = sorted(p for p in root.glob(f"*/{STIMULI_SUBDIR}") if p.is_dir())
+    found += sorted(p for p in [root / STIMULI_SUBDIR] if p.is_dir())
+    if not found:
+        raise CGNError(f"{root} holds no cue-conflict stimuli (<category>/<shape><k>-<texture><j>"
+                       f".png, or {STIMULI_SUBDIR} of the texture-vs-shape repository)")
+    return found[0]
+
+
 class CueConflictDataset(Dataset):
     """The cue-conflict stimuli as ``(image, shape_index, texture_index)`` (indices into
     :data:`CATEGORIES`). ``root`` is the public folder ``<root>/<shape category>/<file>.png``
-    (a flat folder of stimuli works too). All images are kept; the same-category ones are
-    excluded when counting (:func:`shape_bias_counts`)."""
+    (a flat folder of stimuli, or the downloaded repository, work too: :func:`cue_conflict_root`).
+    All images are kept; the same-category ones are excluded when counting
+    (:func:`shape_bias_counts`)."""
 
     def __init__(self, root: str | os.PathLike, transform: Callable | None = None):
-        self.root = Path(root)
-        if not self.root.is_dir():
-            raise CGNError(f"cue-conflict folder {self.root} does not exist; get it with "
-                           "`cgn download cue-conflict` or point --cue-conflict at it")
+        self.root = cue_conflict_root(root)
         self.transform = transform
         self.samples: list[tuple[Path, int, int]] = []
         for p in sorted(self.root.rglob("*.png")):
@@ -225,8 +244,11 @@ class IN9Folder(ImageFolder):
 
 
 def in9_variant_dir(root: str | os.PathLike, variant: str) -> Path:
-    """``root/<variant>/val`` (the release layout) or else ``root/<variant>``."""
+    """``root/<variant>/val`` (the release layout) or else ``root/<variant>``; ``root`` may also
+    be the folder the release unpacks into (holding ``bg_challenge/``)."""
     base = Path(root) / variant
+    if not base.is_dir() and (Path(root) / "bg_challenge" / variant).is_dir():
+        base = Path(root) / "bg_challenge" / variant
     if (base / "val").is_dir():
         return base / "val"
     if base.is_dir():
