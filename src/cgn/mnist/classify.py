@@ -1,0 +1,183 @@
+"""Invariant classifiers on MNIST (SPEC §5): training sets, training, OOD evaluation.
+
+Training sets (``train_set``):
+  real      the variant's training split only ("Original")
+  real+gan  real + plain CGN samples (``cgn generate --no-counterfactual``)
+  real+cf   real + counterfactuals (``cgn generate``)
+  cf        counterfactuals only
+
+Recipe (the paper's): Adadelta lr 1.0, StepLR γ 0.7 per epoch, batch 64, 10 epochs, NLL loss.
+The training loop is the shared one (:mod:`cgn.core.classifier_training`). Reported: accuracy
+on a fixed random subset of the training set (``train_eval_size`` images, eval mode) and on the
+variant's fixed OOD test split.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import ConcatDataset, Dataset
+
+from cgn.config import check
+from cgn.core.checkpoint import load_checkpoint, load_state_dict_strict
+from cgn.core.classifier_training import (BatchStream, StepOutput, Trainer, eval_loader,
+                                          evaluate_accuracy)
+from cgn.core.device import resolve_device
+from cgn.core.seeding import seed_everything
+from cgn.errors import CGNError
+from cgn.mnist import variants
+from cgn.mnist.classifier import CHECKPOINT_KIND, MnistClassifier
+from cgn.mnist.counterfactuals import CounterfactualSet
+
+TRAIN_SETS = ("real", "real+gan", "real+cf", "cf")
+
+
+@dataclass
+class ClassifierConfig:
+    dataset: str = "colored-mnist"       # which MNIST variant (its train split is "real")
+    train_set: Literal["real", "real+gan", "real+cf", "cf"] = "real+cf"
+    generated: str | None = None         # folder written by `cgn generate` (for all but "real")
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float = 1.0                      # Adadelta
+    gamma: float = 0.7                   # StepLR per epoch
+    seed: int = 0                        # initialisation and data order
+    data_seed: int = 0                   # seed of the variant's splits (fixes the OOD test set)
+    textures: str | None = None          # wildlife texture folder (None: procedural set)
+    official_test: bool = False
+    train_eval_size: int = 10_000        # training images scored for "train accuracy"
+    device: str = "auto"
+
+    def __post_init__(self):
+        check(self.dataset in variants.VARIANTS, f"unknown dataset {self.dataset!r}; choose one of "
+              f"{', '.join(variants.VARIANTS)}")
+        check(self.train_set in TRAIN_SETS, f"train_set must be one of {TRAIN_SETS}")
+        check(self.train_set == "real" or self.generated is not None,
+              f"train set {self.train_set!r} needs generated images: pass --generated DIR "
+              "(from `cgn generate`)")
+        check(self.epochs >= 1 and self.batch_size >= 1, "epochs and batch_size must be >= 1")
+        check(self.lr > 0 and 0 < self.gamma <= 1, "lr must be > 0 and gamma in (0, 1]")
+
+
+class ArrayImages(Dataset):
+    """(image in [-1, 1], label) pairs from uint8 images read through ``fetch(indices)``."""
+
+    def __init__(self, fetch, labels: np.ndarray):
+        self.fetch, self.labels = fetch, torch.as_tensor(labels, dtype=torch.int64)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int):
+        return variants.to_tensor(self.fetch(np.array([i])))[0], self.labels[i]
+
+    @classmethod
+    def from_arrays(cls, images: np.ndarray, labels: np.ndarray) -> "ArrayImages":
+        return cls(lambda idx: images[idx], labels)
+
+    @classmethod
+    def from_generated(cls, ds: CounterfactualSet) -> "ArrayImages":
+        return cls(ds.images, ds.labels["shape"])
+
+
+def _split(cfg: ClassifierConfig, split: str) -> dict:
+    return variants.load_split(cfg.dataset, split, seed=cfg.data_seed, textures=cfg.textures,
+                               official_test=cfg.official_test)
+
+
+def training_set(cfg: ClassifierConfig) -> tuple[Dataset, dict]:
+    parts, info = [], {"train_set": cfg.train_set}
+    if cfg.train_set in ("real", "real+gan", "real+cf"):
+        real = _split(cfg, "train")
+        parts.append(ArrayImages.from_arrays(real["images"], real["labels"]))
+        info["n_real"] = len(real["labels"])
+    if cfg.train_set != "real":
+        gen = CounterfactualSet(cfg.generated)
+        want_cf = cfg.train_set in ("real+cf", "cf")
+        if gen.manifest["config"]["counterfactual"] != want_cf:
+            kind = "counterfactual" if want_cf else "plain (--no-counterfactual)"
+            raise CGNError(f"train set {cfg.train_set!r} needs {kind} samples, but {cfg.generated} "
+                           "holds the other kind; generate the right one with `cgn generate`")
+        ds_name = gen.manifest.get("generator", {}).get("dataset")
+        if ds_name and ds_name != cfg.dataset:
+            raise CGNError(f"{cfg.generated} was generated by a {ds_name} CGN, not {cfg.dataset}")
+        parts.append(ArrayImages.from_generated(gen))
+        info["n_generated"] = len(gen)
+        info["generator"] = gen.manifest.get("generator", {})
+    return (parts[0] if len(parts) == 1 else ConcatDataset(parts)), info
+
+
+def _accuracy(model, dataset: Dataset, device) -> float:
+    return evaluate_accuracy(model, eval_loader(dataset, 1000), topk=(1,), device=device)["top1"]
+
+
+def train_classifier(cfg: ClassifierConfig, out: str | Path, resume: bool = False,
+                     max_steps: int | None = None) -> dict:
+    """Train (or resume) and evaluate; writes ``result.json`` in ``out`` and returns it."""
+    device = resolve_device(cfg.device)
+    seed_everything(cfg.seed)
+    train, info = training_set(cfg)
+    test = _split(cfg, "test")
+    test_ds = ArrayImages.from_arrays(test["images"], test["labels"])
+    rng = np.random.default_rng(cfg.seed)
+    sub = rng.choice(len(train), size=min(cfg.train_eval_size, len(train)), replace=False)
+    train_eval = torch.utils.data.Subset(train, sub.tolist())
+
+    model = MnistClassifier().to(device)
+    opt = torch.optim.Adadelta(model.parameters(), lr=cfg.lr)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=cfg.gamma)
+
+    def loss_fn(m, batch) -> StepOutput:
+        x, y = batch
+        logp = m(x)
+        return StepOutput(F.nll_loss(logp, y), {"acc": ((logp.argmax(1) == y).sum(), len(y))})
+
+    def eval_fn(m, epoch) -> dict:
+        return {"test_acc": _accuracy(m, test_ds, device)}
+
+    trainer = Trainer(model, loss_fn, opt, BatchStream(train, cfg.batch_size, seed=cfg.seed),
+                      epochs=cfg.epochs, out=out, config=asdict(cfg), kind=CHECKPOINT_KIND,
+                      resume=resume, scheduler=sched, eval_fn=eval_fn, log_every=200,
+                      max_steps=max_steps)
+    fit = trainer.fit()
+    if trainer.epoch < cfg.epochs:
+        return {"interrupted_at_step": fit["step"]}
+    model.eval()
+    result = {
+        "dataset": cfg.dataset, "train_set": cfg.train_set,
+        "train_acc": _accuracy(model, train_eval, device),
+        "test_acc": _accuracy(model, test_ds, device),
+        "n_train": len(train), "n_test": len(test_ds), "epochs": cfg.epochs, **info,
+        "texture_set": test["meta"]["texture_set"],
+    }
+    from cgn.io import write_json_atomic
+    write_json_atomic(Path(out) / "result.json", result)
+    return result
+
+
+def load_classifier(path: str | Path, device="cpu") -> tuple[MnistClassifier, dict]:
+    ckpt = load_checkpoint(path, kind=CHECKPOINT_KIND)
+    model = MnistClassifier()
+    load_state_dict_strict(model, ckpt["model"], f"classifier checkpoint {path}")
+    return model.to(device).eval(), ckpt["config"]
+
+
+@torch.no_grad()
+def predict_file(model: MnistClassifier, images: np.ndarray, batch_size: int = 1000,
+                 device="cpu") -> np.ndarray:
+    """Predicted classes (int64 [N]) for uint8 images [N, 32, 32, 3]."""
+    preds = []
+    for a in range(0, len(images), batch_size):
+        x = variants.to_tensor(images[a:a + batch_size]).to(device)
+        preds.append(model(x).argmax(1).cpu())
+    return torch.cat(preds).numpy().astype(np.int64)
+
+
+def config_json(cfg: ClassifierConfig) -> str:
+    return json.dumps(asdict(cfg), indent=2)

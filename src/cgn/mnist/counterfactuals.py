@@ -1,0 +1,259 @@
+"""Counterfactual datasets from an MNIST CGN (SPEC §5), written in resumable shards.
+
+Protocol. Images come in groups of ``cf_ratio``: a group draws one shape label and one mask;
+each of its ``cf_ratio`` images then re-samples the foreground and background with their own
+labels and fresh noise, and is labelled with the shape class. Texture and background labels are
+drawn uniformly and independently (the original shuffles the batch's shape labels, which has the
+same distribution). ``counterfactual=False`` gives plain conditional-GAN samples instead: the
+three mechanisms share one label and one noise vector ("Original + GAN" baseline).
+
+Seeds. Every image ``i`` has its own ``seed`` (a counter-based hash of the run seed and ``i``)
+and the ``shape_seed`` of its group (the seed of the group's first image). The mechanisms'
+random inputs are drawn from ``torch.Generator``s seeded by hashes of these two numbers, one
+item at a time, so :func:`regenerate` rebuilds any image from its stored seeds and labels alone,
+whatever batch or shard it was generated in.
+
+Layout of ``DIR``::
+
+    manifest.json               what was generated, from which CGN (sha256), with which settings
+    shard-00000.images.npy      uint8 [n, 32, 32, 3]
+    shard-00000.labels.npz      shape, texture, background, seed, shape_seed (int64 [n])
+
+A shard's labels file is written (atomically) after its images file, so it marks the shard
+complete; an interrupted run resumes at the first incomplete shard.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cgn.config import check
+from cgn.core.composer import compose
+from cgn.core.progress import progress
+from cgn.core.sampling import to_uint8
+from cgn.errors import CGNError
+from cgn.io import atomic_write, file_digest, save_npz_atomic, write_json_atomic
+
+FORMAT = "cgn-counterfactuals/1"
+
+
+@dataclass
+class GenerateConfig:
+    n: int = 100_000              # images in the dataset
+    cf_ratio: int = 10            # counterfactuals per sampled mask (the authors' ``no_cfs``)
+    seed: int = 0                 # run seed; every image's seed derives from it
+    counterfactual: bool = True   # False: plain CGN samples (one label and noise for all IMs)
+    shard_size: int = 50_000      # images per shard file
+    batch_size: int = 1_000       # images per forward pass (does not change any image)
+    precision: str = "bf16"       # "bf16": bf16 autocast (AMX/AVX-512 on CPU); "fp32"
+
+    def __post_init__(self):
+        check(self.n >= 1, f"n must be at least 1, got {self.n}")
+        check(self.cf_ratio >= 1, f"cf_ratio must be at least 1, got {self.cf_ratio}")
+        check(self.seed >= 0, f"seed must be non-negative, got {self.seed}")
+        check(self.shard_size >= 1 and self.batch_size >= 1, "shard_size and batch_size must be >= 1")
+        check(self.precision in ("bf16", "fp32"), f"precision must be bf16 or fp32, got {self.precision!r}")
+
+
+# ---- counter-based seeds ----------------------------------------------------------------------
+
+_MASK64 = np.uint64(0xFFFFFFFFFFFFFFFF)
+
+
+def _splitmix64(x: np.ndarray) -> np.ndarray:
+    """The splitmix64 finaliser on uint64 arrays (wrapping arithmetic): a well-mixed hash."""
+    with np.errstate(over="ignore"):
+        z = (x.astype(np.uint64) + np.uint64(0x9E3779B97F4A7C15)) & _MASK64
+        z = ((z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)) & _MASK64
+        z = ((z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)) & _MASK64
+        return z ^ (z >> np.uint64(31))
+
+
+def _hash(a: np.ndarray | int, b: int) -> np.ndarray:
+    """A non-negative int64 hash of (a, b)."""
+    a = np.asarray(a, dtype=np.int64).astype(np.uint64)
+    return (_splitmix64(_splitmix64(a) ^ np.uint64(b)) >> np.uint64(1)).astype(np.int64)
+
+
+def image_seeds(seed: int, index: np.ndarray) -> np.ndarray:
+    """The seed of image ``index`` in a run with seed ``seed``."""
+    return _hash(_hash(seed, 0x5EED) ^ np.asarray(index, dtype=np.int64), 1)
+
+
+# Salts that derive each mechanism's seed / label from an image seed.
+_SALT = {"shape": 11, "foreground": 12, "background": 13, "label_shape": 21,
+         "label_texture": 22, "label_background": 23}
+
+
+def plan(cfg: GenerateConfig, start: int, stop: int) -> dict[str, np.ndarray]:
+    """Labels and seeds of images ``start .. stop-1`` (a pure function of cfg and the index)."""
+    idx = np.arange(start, stop, dtype=np.int64)
+    ratio = cfg.cf_ratio if cfg.counterfactual else 1
+    seed = image_seeds(cfg.seed, idx)
+    shape_seed = image_seeds(cfg.seed, (idx // ratio) * ratio)
+    shape = _hash(shape_seed, _SALT["label_shape"]) % 10
+    if cfg.counterfactual:
+        texture = _hash(seed, _SALT["label_texture"]) % 10
+        background = _hash(seed, _SALT["label_background"]) % 10
+    else:
+        texture = background = shape
+    return {"shape": shape, "texture": texture, "background": background,
+            "seed": seed, "shape_seed": shape_seed}
+
+
+# ---- rendering ---------------------------------------------------------------------------------
+
+def _latents(model, mechanism: str, seeds: np.ndarray) -> dict[str, torch.Tensor]:
+    """One item per seed, each from its own generator: independent of batching."""
+    salt = _SALT[mechanism]
+    per_item = [model.draw_latents(mechanism, 1, torch.Generator().manual_seed(int(s)))
+                for s in _hash(seeds, salt)]
+    return {k: torch.cat([d[k] for d in per_item]) for k in per_item[0]}
+
+
+@contextlib.contextmanager
+def _precision(precision: str, device: torch.device):
+    if precision == "bf16":
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            yield
+    else:
+        yield
+
+
+def render(model, labels: dict[str, np.ndarray], counterfactual: bool, precision: str = "bf16",
+           device: torch.device | str = "cpu") -> tuple[np.ndarray, np.ndarray]:
+    """Images (uint8 [n, 32, 32, 3]) and masks (float32 [n, 32, 32]) for planned items."""
+    device = torch.device(device)
+    lat_s = _latents(model, "shape", labels["shape_seed"])
+    lat_f = _latents(model, "foreground", labels["seed"])
+    lat_b = _latents(model, "background", labels["seed"])
+    if not counterfactual:  # a plain sample: all three mechanisms share the shape noise
+        lat_f["noise"] = lat_b["noise"] = lat_s["noise"]
+    ys = {k: torch.from_numpy(labels[k]).to(device) for k in ("shape", "texture", "background")}
+    dev = lambda d: {k: v.to(device) for k, v in d.items()}  # noqa: E731
+    with torch.no_grad(), _precision(precision, device):
+        m = model.run_mechanism("shape", ys["shape"], **dev(lat_s))
+        f = model.run_mechanism("foreground", ys["texture"], **dev(lat_f))
+        b = model.run_mechanism("background", ys["background"], **dev(lat_b))
+        x = compose(m.float(), f.float(), b.float())
+    return to_uint8(x), m.float()[:, 0].cpu().numpy()
+
+
+# ---- the dataset on disk ----------------------------------------------------------------------
+
+def _shard_paths(out: Path, k: int) -> tuple[Path, Path]:
+    return out / f"shard-{k:05d}.images.npy", out / f"shard-{k:05d}.labels.npz"
+
+
+def _shard_done(out: Path, k: int, n: int) -> bool:
+    img, lab = _shard_paths(out, k)
+    if not (img.exists() and lab.exists()):
+        return False
+    try:
+        arr = np.load(img, mmap_mode="r", allow_pickle=False)
+        return arr.shape == (n, 32, 32, 3)
+    except ValueError:
+        return False
+
+
+def generate(model, cfg: GenerateConfig, out: str | Path, *, source: dict,
+             device: torch.device | str = "cpu", log=print) -> dict:
+    """Write (or resume) a dataset. ``source`` describes the CGN (path, sha256, ...)."""
+    out = Path(out)
+    manifest = {"format": FORMAT, "config": asdict(cfg), "generator": source,
+                "n_shards": -(-cfg.n // cfg.shard_size)}
+    mpath = out / "manifest.json"
+    if mpath.exists():
+        old = json.loads(mpath.read_text())
+        if old.get("config") != manifest["config"] or old.get("generator", {}).get("sha256") != source.get("sha256"):
+            raise CGNError(f"{out} already holds a different generation (other settings or CGN); "
+                           "choose another --out or delete it")
+    else:
+        write_json_atomic(mpath, manifest)
+    model = model.to(device).eval()
+    if torch.device(device).type == "cpu" and cfg.precision == "bf16":
+        model = model.to(memory_format=torch.channels_last)
+    done = 0
+    for k in range(manifest["n_shards"]):
+        start, stop = k * cfg.shard_size, min(cfg.n, (k + 1) * cfg.shard_size)
+        if _shard_done(out, k, stop - start):
+            done += 1
+            continue
+        images = np.empty((stop - start, 32, 32, 3), dtype=np.uint8)
+        labels = plan(cfg, start, stop)
+        bar = progress(range(start, stop, cfg.batch_size), desc=f"shard {k + 1}/{manifest['n_shards']}")
+        for a in bar:
+            b = min(stop, a + cfg.batch_size)
+            sl = {key: v[a - start:b - start] for key, v in labels.items()}
+            images[a - start:b - start], _ = render(model, sl, cfg.counterfactual, cfg.precision, device)
+        img_path, lab_path = _shard_paths(out, k)
+        with atomic_write(img_path) as f:
+            np.save(f, images)
+        save_npz_atomic(lab_path, **labels)  # written last: marks the shard complete
+    if done:
+        log(f"resumed: {done} of {manifest['n_shards']} shards were already complete")
+    return manifest
+
+
+def regenerate(model, manifest: dict, shape: int, texture: int, background: int, seed: int,
+               shape_seed: int, device: torch.device | str = "cpu") -> np.ndarray:
+    """Rebuild one image (uint8 [32, 32, 3]) from its stored labels and seeds."""
+    cfg = manifest["config"]
+    one = lambda v: np.array([v], dtype=np.int64)  # noqa: E731
+    labels = {"shape": one(shape), "texture": one(texture), "background": one(background),
+              "seed": one(seed), "shape_seed": one(shape_seed)}
+    model = model.to(device).eval()
+    if torch.device(device).type == "cpu" and cfg["precision"] == "bf16":
+        model = model.to(memory_format=torch.channels_last)
+    images, _ = render(model, labels, cfg["counterfactual"], cfg["precision"], device)
+    return images[0]
+
+
+class CounterfactualSet:
+    """A generated dataset, memory-mapped: ``images`` (uint8) and the label/seed arrays."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        mpath = self.root / "manifest.json"
+        if not mpath.is_file():
+            raise CGNError(f"{self.root} is not a counterfactual dataset (no manifest.json); "
+                           "create it with `cgn generate`")
+        self.manifest = json.loads(mpath.read_text())
+        cfg = self.manifest["config"]
+        self.shards, cols = [], {k: [] for k in ("shape", "texture", "background", "seed", "shape_seed")}
+        for k in range(self.manifest["n_shards"]):
+            n = min(cfg["n"], (k + 1) * cfg["shard_size"]) - k * cfg["shard_size"]
+            if not _shard_done(self.root, k, n):
+                raise CGNError(f"{self.root} is incomplete (shard {k} missing); rerun the same "
+                               "`cgn generate` command to resume it")
+            img, lab = _shard_paths(self.root, k)
+            self.shards.append(np.load(img, mmap_mode="r", allow_pickle=False))
+            with np.load(lab, allow_pickle=False) as z:
+                for c in cols:
+                    cols[c].append(z[c])
+        self.labels = {c: np.concatenate(v) for c, v in cols.items()}
+        self._starts = np.cumsum([0] + [len(s) for s in self.shards])
+
+    def __len__(self) -> int:
+        return int(self._starts[-1])
+
+    def images(self, index: np.ndarray) -> np.ndarray:
+        """uint8 [len(index), 32, 32, 3] for arbitrary indices (reads only those rows)."""
+        index = np.asarray(index)
+        out = np.empty((len(index), 32, 32, 3), dtype=np.uint8)
+        shard = np.searchsorted(self._starts, index, side="right") - 1
+        for s in np.unique(shard):
+            sel = shard == s
+            out[sel] = self.shards[s][index[sel] - self._starts[s]]
+        return out
+
+
+def checkpoint_source(path: str | Path, info: dict) -> dict:
+    """The ``generator`` block of a manifest: which CGN made the data."""
+    return {"checkpoint": str(path), "sha256": file_digest(path, "sha256"), **info}
