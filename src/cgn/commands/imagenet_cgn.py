@@ -1,0 +1,189 @@
+"""``cgn imagenet train | generate | metrics``: the ImageNet CGN (SPEC §6).
+
+Multi-GPU training: ``torchrun --nproc_per_node=N -m cgn imagenet train ...`` (NCCL on GPUs,
+gloo on CPUs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from cgn.errors import CGNError
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    t = sub.add_parser("train", help="train the ImageNet CGN (BigGAN-deep mechanisms + U2-Net)")
+    t.add_argument("--preset", default="imagenet-256", help="imagenet-256 (the paper) or tiny (CPU check)")
+    t.add_argument("--out", required=True, help="run directory")
+    t.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    t.add_argument("--biggan", help="BigGAN-deep-256 folder (config.json + pytorch_model.bin)")
+    t.add_argument("--u2net", help="u2net.pth (or u2netp.pth)")
+    t.add_argument("--cgn", help="start from the authors' cgn.pth or a CGN checkpoint")
+    t.add_argument("--vgg16", help="torchvision VGG16 weight file for the style/texture losses")
+    t.add_argument("--feature-extractor", help="auto | imagenet | hed | random (default: preset)")
+    t.add_argument("--download", action="store_true", help="allow downloading VGG16 weights")
+    t.add_argument("--weights-dir", help="download root holding weights/ (default: $CGN_HOME)")
+    t.add_argument("--random-init", action="store_true",
+                   help="no pretrained BigGAN/U2-Net: random weights (pipeline checks only)")
+    t.add_argument("--episodes", type=int, help="optimizer updates")
+    t.add_argument("--batch-acc", type=int, help="micro-steps per update")
+    t.add_argument("--batch-size", type=int, help="samples per micro-step and process")
+    t.add_argument("--seed", type=int)
+    t.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                   help="override any config field (repeatable)")
+    t.add_argument("--device", default="auto")
+    t.add_argument("--quiet", action="store_true")
+    t.set_defaults(func=_train)
+
+    g = sub.add_parser("generate", help="counterfactual datasets, interpolation sheets and GIFs")
+    g.add_argument("--cgn", help="CGN weights: our checkpoint (last.pt) or the authors' cgn.pth "
+                                 "(default: the downloaded cgn-imagenet)")
+    g.add_argument("--out", required=True, help="output folder")
+    g.add_argument("--mode", required=True, choices=["random", "fixed", "interp", "gif"])
+    g.add_argument("--split", default="train", choices=["train", "val"])
+    g.add_argument("--n", type=int, default=16, help="images to generate (random / fixed)")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--truncation", type=float, default=0.5)
+    g.add_argument("--classes", type=int, nargs=3, metavar=("SHAPE", "TEXTURE", "BACKGROUND"))
+    g.add_argument("--batch-size", type=int, default=1,
+                   help="images per forward pass (1: regeneration from the CSV is bit-identical)")
+    g.add_argument("--save-masks", action="store_true", help="also write masks/ (for mu_mask)")
+    g.add_argument("--interp", choices=["shape", "texture", "background", "all"], default="all")
+    g.add_argument("--to", type=int, help="class to interpolate to")
+    g.add_argument("--midpoints", type=int, default=6)
+    g.add_argument("--gif", action="store_true", help="interp: also write the frames as a GIF")
+    g.add_argument("--steps", nargs="+", metavar="MECH:CLASS",
+                   help="gif: chain of interpolations, e.g. texture:293 background:147 shape:330 all:992")
+    g.add_argument("--frame-ms", type=int, default=40)
+    g.add_argument("--noise", help="(1, z) noise file for interp/gif (default: seeded from --seed)")
+    g.add_argument("--device", default="auto")
+    g.set_defaults(func=_generate)
+
+    m = sub.add_parser("metrics", help="Inception Score and mu_mask of a folder of generated images")
+    m.add_argument("--folder", required=True, help="generated images (e.g. DIR/train; masks/ inside)")
+    m.add_argument("--metrics", nargs="+", default=["inception_score", "mu_mask"],
+                   choices=["inception_score", "mu_mask"])
+    m.add_argument("--classifier", default="auto",
+                   help="auto | imagenet | random | path of torchvision Inception-v3 weights")
+    m.add_argument("--download", action="store_true", help="allow downloading Inception-v3 weights")
+    m.add_argument("--splits", type=int, default=10)
+    m.add_argument("--limit", type=int, help="use the first N images")
+    m.add_argument("--batch-size", type=int, default=50)
+    m.add_argument("--device", default="auto")
+    m.add_argument("--json", help="also write the result to this file")
+    m.set_defaults(func=_metrics)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from cgn.config import override
+    from cgn.imagenet.config import preset
+    from cgn.imagenet.train import train
+    from cgn.imagenet.weights import resolve_weight
+
+    cfg = preset(args.preset)
+    sets: dict[str, object] = {}
+    resume_only = args.resume and (Path(args.out) / "checkpoints" / "last.pt").is_file()
+    tiny = cfg.model.biggan_arch == "tiny" and not args.biggan
+    if not resume_only:
+        if args.cgn:
+            sets["model.cgn"] = resolve_weight(args.cgn, "cgn", required=True)
+        need = not (args.random_init or tiny or args.cgn)
+        for kind in ("biggan", "u2net"):
+            v = resolve_weight(getattr(args, kind), kind, required=need, directory=args.weights_dir)
+            if v and not args.random_init:
+                sets[f"model.{kind}"] = v
+        vgg = resolve_weight(args.vgg16, "vgg16", required=False, directory=args.weights_dir)
+        if vgg:
+            sets["loss.vgg16"] = vgg
+    for opt, key in (("feature_extractor", "loss.feature_extractor"), ("episodes", "train.episodes"),
+                     ("batch_acc", "train.batch_acc"), ("batch_size", "train.batch_size"),
+                     ("seed", "train.seed")):
+        if getattr(args, opt) is not None:
+            sets[key] = getattr(args, opt)
+    if args.download:
+        sets["loss.allow_download"] = True
+    cfg = override(cfg, sets)
+    cfg = override(cfg, args.set)
+    records = train(cfg, args.out, resume=args.resume, device=args.device, quiet=args.quiet)
+    if records:
+        print(json.dumps(records[-1]))
+    return 0
+
+
+def _load_noise(path: str | None, seed: int, z_dim: int, truncation: float):
+    import torch
+
+    from cgn.core.checkpoint import torch_load
+    from cgn.imagenet.model import truncated_noise
+    if path:
+        u = torch_load(path, what="noise file")
+        if not isinstance(u, torch.Tensor) or tuple(u.shape) != (1, z_dim):
+            raise CGNError(f"noise file {path} must hold a (1, {z_dim}) tensor")
+        return u.float()
+    return truncated_noise(1, z_dim, truncation, torch.Generator().manual_seed(seed))
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from cgn.core.device import resolve_device
+    from cgn.imagenet import generate as gen
+    from cgn.imagenet.train import save_png
+    from cgn.imagenet.weights import resolve_weight
+
+    cgn_path = resolve_weight(args.cgn, "cgn", required=True)
+    device = resolve_device(args.device)
+    if not 0 < args.truncation <= 1:
+        raise CGNError("--truncation must be in (0, 1]")
+    model = gen.load_generator(cgn_path, device, truncation=args.truncation)
+    out = Path(args.out)
+    if args.mode in ("random", "fixed"):
+        spec = gen.DatasetSpec(mode=args.mode, seed=args.seed, truncation=args.truncation,
+                               classes=list(args.classes) if args.classes else None,
+                               source=str(Path(cgn_path).resolve()), save_masks=args.save_masks)
+        n_new = gen.generate_dataset(model, out, args.split, args.n, spec, batch_size=args.batch_size)
+        print(f"{out / args.split}: {n_new} new image(s), {args.n} in total")
+        return 0
+    if not args.classes:
+        raise CGNError(f"--mode {args.mode} needs --classes SHAPE TEXTURE BACKGROUND")
+    u = _load_noise(args.noise, args.seed, model.z_dim, args.truncation)
+    out.mkdir(parents=True, exist_ok=True)
+    s, t, b = args.classes
+    if args.mode == "interp":
+        if args.to is None:
+            raise CGNError("--mode interp needs --to CLASS")
+        res = gen.interpolate(model, u, args.classes, args.to, args.interp, args.midpoints, args.truncation)
+        stem = out / f"interp_{args.interp}_{s}-{t}-{b}_to_{args.to}"
+        save_png(stem.with_suffix(".png"), gen.interpolation_sheet(res, args.interp))
+        print(stem.with_suffix(".png"))
+        if args.gif:
+            gen.save_gif(stem.with_suffix(".gif"), list(gen.to_unit(res.composite()).cpu()), args.frame_ms)
+            print(stem.with_suffix(".gif"))
+        return 0
+    steps = gen.parse_steps(args.steps or [])
+    frames = gen.interpolation_frames(model, u, args.classes, steps, args.midpoints, args.truncation)
+    name = out / ("gif_" + f"{s}-{t}-{b}_" + "_".join(f"{m}{c}" for m, c in steps) + ".gif")
+    gen.save_gif(name, frames, args.frame_ms)
+    print(name)
+    return 0
+
+
+def _metrics(args: argparse.Namespace) -> int:
+    from cgn.core.device import resolve_device
+    from cgn.imagenet.quality import evaluate_folder, load_inception
+    from cgn.io import write_json_atomic
+
+    device = resolve_device(args.device)
+    clf = None
+    if "inception_score" in args.metrics:
+        clf = load_inception(args.classifier, allow_download=args.download)
+    res = evaluate_folder(args.folder, classifier=clf, classifier_description=clf.description if clf else "",
+                          metrics=args.metrics, splits=args.splits, limit=args.limit,
+                          batch_size=args.batch_size, device=device)
+    d = {"folder": str(Path(args.folder).resolve()), **res.as_dict()}
+    if args.json:
+        write_json_atomic(args.json, d)
+    json.dump(d, sys.stdout, indent=2)
+    print()
+    return 0

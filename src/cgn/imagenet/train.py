@@ -1,0 +1,292 @@
+"""Training of the ImageNet CGN (SPEC §6), on one device or several processes (``torchrun``).
+
+One *micro-step* samples, per item, one class y (the same for all mechanisms) and one truncated
+noise vector u, runs the CGN, and back-propagates the six weighted losses divided by
+``batch_acc``. After ``batch_acc`` micro-steps every mechanism's Adam takes one step: that is an
+*episode* (the authors' defaults: batch 1 × 4000 accumulations × 300 episodes). Dividing by
+``batch_acc`` (the authors sum) changes nothing for Adam except the relative size of its ε.
+
+Randomness: every micro-step draws its classes, noise and texture patches from a generator
+seeded by (seed, episode, micro-step, rank). A run therefore does not depend on global RNG
+state, and resuming from a checkpoint (saved after an episode) continues *exactly*.
+
+Several processes: launched by ``torchrun``, each process takes its own classes/noise (its
+rank enters the seed), gradients are averaged by DistributedDataParallel (NCCL on GPUs, gloo on
+CPUs), rank 0 writes the run directory. Frozen parts (G_gt, U²-Net) are not in DDP's buckets;
+buffers are not re-broadcast each step (standing statistics never change, and the spectral-norm
+vectors evolve identically on every rank from identical weights).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torchvision.utils import make_grid
+
+from cgn.config import from_dict, to_dict
+from cgn.core.checkpoint import load_checkpoint, save_checkpoint, torch_load
+from cgn.core.device import resolve_device
+from cgn.core.progress import progress
+from cgn.core.rundir import RunDir
+from cgn.core.seeding import rng_state, set_rng_state
+from cgn.errors import CGNError
+from cgn.imagenet.config import ImageNetCGNConfig
+from cgn.imagenet.losses import LOSS_NAMES, ImageNetCGNLosses
+from cgn.imagenet.model import CHECKPOINT_KIND, ImageNetCGN, build_cgn, truncated_noise
+
+
+def shared_data_dir() -> Path:
+    env = os.environ.get("CGN_SHARED_DATA")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parents[3] / ".." / "shared" / "data"
+
+
+def step_generator(seed: int, episode: int, micro: int, rank: int) -> torch.Generator:
+    """The CPU generator of one micro-step (independent of everything else)."""
+    state = np.random.SeedSequence([int(seed), int(episode), int(micro), int(rank)]).generate_state(2)
+    return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]) >> 1)
+
+
+def fixed_noise(cfg: ImageNetCGNConfig, z_dim: int) -> tuple[torch.Tensor, str]:
+    """The (1, z_dim) noise of the sample sheets and where it came from."""
+    if cfg.train.fixed_noise:
+        u = torch_load(cfg.train.fixed_noise, what="fixed noise")
+        if not isinstance(u, torch.Tensor) or tuple(u.shape) != (1, z_dim):
+            raise CGNError(f"fixed noise {cfg.train.fixed_noise} must be a (1, {z_dim}) tensor")
+        return u.float(), cfg.train.fixed_noise
+    ref = shared_data_dir() / "cgn_reference" / "imagenet_u_fixed.pth"
+    if ref.is_file():
+        u = torch_load(ref, what="fixed noise")
+        if isinstance(u, torch.Tensor) and tuple(u.shape) == (1, z_dim):
+            return u.float(), "authors' imagenet_u_fixed.pth"
+    g = torch.Generator().manual_seed(cfg.train.seed)
+    return truncated_noise(1, z_dim, cfg.train.sample_truncation, g), f"seeded (seed {cfg.train.seed})"
+
+
+@torch.no_grad()
+def sample_sheet(model: ImageNetCGN, classes: list[int], u: torch.Tensor, truncation: float) -> torch.Tensor:
+    """One row per class: mask, pre-mask, foreground, background, x_gen, x_gt. [3, H, W] in [0, 1]."""
+    was = model.training
+    model.eval()
+    try:
+        rows = []
+        dev = model.device
+        for c in classes:
+            y = model.class_vector([c])
+            out = model(u.to(dev), y, y, y, truncation)
+            imgs = [out.mask.expand(-1, 3, -1, -1)] + [
+                (t + 1) / 2 for t in (out.premask, out.foreground, out.background, out.composite(), out.x_gt)]
+            rows.append(torch.cat(imgs).clamp(0, 1).float().cpu())
+        return make_grid(torch.cat(rows), nrow=6, padding=2, pad_value=1.0)
+    finally:
+        model.train(was)
+
+
+def save_png(path: Path, img: torch.Tensor) -> None:
+    """[3, H, W] in [0, 1] -> PNG, atomically."""
+    from PIL import Image
+
+    from cgn.io import atomic_write
+    arr = (img.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    with atomic_write(path, "wb") as f:
+        Image.fromarray(arr).save(f, format="PNG")
+
+
+@dataclass
+class DistContext:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @classmethod
+    def from_env(cls, device_name: str) -> tuple["DistContext", torch.device]:
+        ws = int(os.environ.get("WORLD_SIZE", "1"))
+        if ws <= 1:
+            return cls(), resolve_device(device_name)
+        rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+        dev = resolve_device(device_name)
+        if dev.type == "cuda":
+            dev = torch.device("cuda", local)
+            torch.cuda.set_device(dev)
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+        return cls(rank, ws, local), dev
+
+    def barrier(self) -> None:
+        if self.enabled:
+            dist.barrier()
+
+    def mean(self, values: torch.Tensor) -> torch.Tensor:
+        if self.enabled:
+            values = values.clone()
+            dist.all_reduce(values)
+            values /= self.world_size
+        return values
+
+
+class Trainer:
+    def __init__(self, cfg: ImageNetCGNConfig, out: str | os.PathLike, *, resume: bool = False,
+                 device: str = "auto", quiet: bool = False):
+        self.ctx, self.device = DistContext.from_env(device)
+        self.out = Path(out)
+        self.quiet = quiet
+        self._pending: list[str] = []
+        ckpt = None
+        last = self.out / "checkpoints" / "last.pt"
+        if resume and last.is_file():
+            ckpt = load_checkpoint(last, kind=CHECKPOINT_KIND)
+            stored = from_dict(ImageNetCGNConfig, ckpt["config"])
+            if to_dict(stored) != to_dict(cfg):
+                # Only the length of the run may change on resume.
+                extended = from_dict(ImageNetCGNConfig, {**to_dict(stored), "train": {
+                    **to_dict(stored.train), "episodes": cfg.train.episodes}})
+                if to_dict(extended) != to_dict(cfg):
+                    self._log("resume: using the stored config (only train.episodes may change)")
+                cfg = extended
+        self.cfg = cfg
+        if self.ctx.is_main:
+            self.run = RunDir(self.out, to_dict(cfg), resume=resume)
+            for msg in self._pending:
+                self.run.log(msg, echo=not quiet)
+        self.ctx.barrier()
+        self.model = build_cgn(cfg.model, truncation=cfg.train.sample_truncation).to(self.device)
+        self.losses = ImageNetCGNLosses(cfg.loss).to(self.device)
+        o = cfg.optim
+        lrs = {"shape": o.lr_shape, "texture": o.lr_texture, "background": o.lr_background}
+        self.opts = {k: torch.optim.Adam(m.parameters(), lr=lrs[k], betas=tuple(o.betas))
+                     for k, m in self.model.trainable().items()}
+        self.episode = 0
+        if ckpt is not None:
+            self.model.load_cgn_state(ckpt["model"], f"checkpoint {last}")
+            for k, opt in self.opts.items():
+                opt.load_state_dict(ckpt["optim"][k])
+            self.episode = int(ckpt["step"])
+            if ckpt.get("rng"):
+                set_rng_state(ckpt["rng"])
+            ws = ckpt.get("extra", {}).get("world_size", 1)
+            if ws != self.ctx.world_size:
+                self._log(f"resume: checkpoint was written by {ws} process(es), now "
+                          f"{self.ctx.world_size}; training continues but is not the same run")
+            if self.ctx.is_main:
+                self.run.truncate_metrics(self.episode)
+            self._log(f"resumed from {last} at episode {self.episode}")
+        self.model.train()
+        self.net: torch.nn.Module = self.model
+        if self.ctx.enabled:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+            self.net = DDP(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                           broadcast_buffers=False)
+        self.u_fixed, self.u_fixed_source = fixed_noise(cfg, self.model.z_dim)
+        if self.ctx.is_main and ckpt is None:
+            self._log(f"ImageNet CGN: preset {cfg.preset}, BigGAN {cfg.model.biggan or 'random ' + cfg.model.biggan_arch}, "
+                      f"U2-Net {cfg.model.u2net or 'random ' + cfg.model.u2net_arch}, features "
+                      f"{self.losses.source.describe() if self.losses.source else '?'}, "
+                      f"sheet noise {self.u_fixed_source}, {self.ctx.world_size} process(es) on {self.device}")
+
+    def _log(self, msg: str) -> None:
+        if not self.ctx.is_main:
+            return
+        if hasattr(self, "run"):
+            self.run.log(msg, echo=not self.quiet)
+        else:
+            self._pending.append(msg)
+
+    # -- one update ------------------------------------------------------------------------------
+    def train_episode(self) -> dict[str, float]:
+        cfg, t = self.cfg, self.cfg.train
+        sums = torch.zeros(len(LOSS_NAMES) + 1, dtype=torch.float64)
+        t0 = time.perf_counter()
+        for micro in range(t.batch_acc):
+            g = step_generator(t.seed, self.episode, micro, self.ctx.rank)
+            classes = torch.randint(self.model.n_classes, (t.batch_size,), generator=g)
+            u = truncated_noise(t.batch_size, self.model.z_dim, t.truncation, g).to(self.device)
+            y = self.model.class_vector(classes)
+            sync = micro == t.batch_acc - 1 or not self.ctx.enabled
+            ctx = contextlib.nullcontext() if sync else self.net.no_sync()  # type: ignore[operator]
+            with ctx:
+                out = self.net(u, y, y, y, t.truncation)
+                terms = self.losses(out.composite(), out.x_gt, out.mask, out.foreground,
+                                    out.background_mask, generator=g)
+                total = terms.total()
+                if not torch.isfinite(total):
+                    raise CGNError(f"non-finite loss at episode {self.episode}, micro-step {micro}: "
+                                   + ", ".join(f"{k}={v.item():.4g}" for k, v in terms.weighted.items())
+                                   + "; lower the learning rates or check the weights")
+                (total / t.batch_acc).backward()
+            sums += torch.tensor([v.item() for v in terms.weighted.values()] + [out.mask.mean().item()],
+                                 dtype=torch.float64)
+        for opt in self.opts.values():
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        self.episode += 1
+        means = self.ctx.mean(sums / t.batch_acc)
+        rec = {"step": self.episode}
+        rec.update({f"loss/{k}": float(v) for k, v in zip(LOSS_NAMES, means[:-1])})
+        rec["loss/total"] = float(means[:-1].sum())
+        rec["mu_mask"] = float(means[-1])
+        rec["seconds"] = round(time.perf_counter() - t0, 3)
+        return rec
+
+    # -- outputs ---------------------------------------------------------------------------------
+    def save_sheet(self) -> Path:
+        img = sample_sheet(self.model, self.cfg.train.sample_classes, self.u_fixed,
+                           self.cfg.train.sample_truncation)
+        path = self.run.samples / f"sheet_ep{self.episode:07d}.png"
+        save_png(path, img)
+        return path
+
+    def save(self) -> Path:
+        extra = {"world_size": self.ctx.world_size, "sheet_noise": self.u_fixed_source,
+                 "feature_extractor": self.losses.source.as_dict() if self.losses.source else {}}
+        path = self.run.checkpoints / "last.pt"
+        save_checkpoint(path, kind=CHECKPOINT_KIND, step=self.episode, config=to_dict(self.cfg),
+                        model=self.model.state_dict(),
+                        optim={k: o.state_dict() for k, o in self.opts.items()},
+                        rng=rng_state(), extra=extra)
+        return path
+
+    def run_training(self) -> list[dict]:
+        t = self.cfg.train
+        records = []
+        bar = progress(range(self.episode, t.episodes), total=t.episodes - self.episode,
+                       desc="CGN episodes") if self.ctx.is_main else range(self.episode, t.episodes)
+        for _ in bar:
+            rec = self.train_episode()
+            records.append(rec)
+            last = self.episode == t.episodes
+            if self.ctx.is_main:
+                self.run.metric(rec)
+                self._log(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                                   for k, v in rec.items()))
+                if self.episode % t.sample_every == 0 or last:
+                    self.save_sheet()
+                if self.episode % t.save_every == 0 or last:
+                    self.save()
+            self.ctx.barrier()
+        return records
+
+
+def train(cfg: ImageNetCGNConfig, out: str | os.PathLike, *, resume: bool = False,
+          device: str = "auto", quiet: bool = False) -> list[dict]:
+    trainer = Trainer(cfg, out, resume=resume, device=device, quiet=quiet)
+    try:
+        return trainer.run_training()
+    finally:
+        if trainer.ctx.enabled and dist.is_initialized():
+            dist.destroy_process_group()
