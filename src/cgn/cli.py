@@ -16,6 +16,9 @@ from cgn.errors import CGNError
 COMMAND_MODULES = [
     "cgn.commands.data",
     "cgn.commands.explain",
+    "cgn.commands.train_cgn", "cgn.commands.sample",
+    "cgn.commands.generate", "cgn.commands.classify",
+    "cgn.commands.imagenet", "cgn.commands.download",
 ]
 
 
