@@ -44,10 +44,13 @@ def test_heatmap_marks_the_evidence():
     assert res[1].heatmap[:, :12].mean() < 0                       # hiding the left helps class 3
 
 
-def test_cgn_explain_writes_heatmap_png(tmp_path, capsys):
+def test_cgn_explain_writes_heatmap_png(tmp_path, capsys, monkeypatch):
     from PIL import Image
 
+    import cgn.cli
     from cgn.cli import main
+    # the real entry point, with only this command registered (independent of other modules)
+    monkeypatch.setattr(cgn.cli, "COMMAND_MODULES", ["cgn.commands.explain"])
     img = SHARED / "imagenet_sample_subset" / "n01443537" / "n01443537_goldfish.JPEG"
     if not img.exists():
         pytest.skip(f"../shared/data not present: {img}")

@@ -359,9 +359,16 @@ class Trainer:
         self.train_mode, self.max_steps, self.extra_state = train_mode, max_steps, extra_state
         self.out = Path(out)
         self.run: RunDir | None = None
+        error = None
         if self.dist.is_main:
-            self.run = RunDir(self.out, config, resume=resume)
-        self.dist.barrier()
+            try:
+                self.run = RunDir(self.out, config, resume=resume)
+            except CGNError as e:
+                error = str(e)
+        # every rank learns whether rank 0 could open the run (instead of waiting forever)
+        error = self.dist.all_gather_object(error)[0]
+        if error:
+            raise CGNError(error)
         self.epoch, self.step_in_epoch, self.global_step = 0, 0, 0
         self.last_metrics: dict = {}
         # the training statistics not yet logged: name -> [sum, count]; checkpointed so that a
