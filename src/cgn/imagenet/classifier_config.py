@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from cgn.config import check, from_dict, override, to_dict
+from cgn.config import check, from_dict, override
 from cgn.errors import CGNError
 
 IN9_VARIANTS = ("original", "mixed_same", "mixed_rand")
@@ -184,4 +184,4 @@ def config_from_dict(d: dict) -> ClassifierTrainConfig:
 
 
 __all__ = ["ClassifierTrainConfig", "ModelConfig", "DataConfig", "OptimConfig", "EvalConfig",
-           "PRESETS", "Preset", "preset_config", "config_from_dict", "to_dict", "IN9_VARIANTS"]
+           "PRESETS", "Preset", "preset_config", "config_from_dict", "IN9_VARIANTS"]
