@@ -15,8 +15,8 @@ implements :class:`CounterfactualModel`:
   ``(output, extras_dict)`` to pass on more (e.g. ImageNet's pre-mask).
 
 Latents are drawn in fixed blocks of :data:`BLOCK` items from one generator per mechanism, so a
-sample depends only on (model, labels, seeds, index), never on the batch size used to compute
-it. A *plain* (non-counterfactual) sample gives all mechanisms the same label and, with
+sample depends only on (model, labels, seeds, index), not on the batch size used to compute it
+(up to the float rounding of batched kernels, ~1e-6). A *plain* (non-counterfactual) sample gives all mechanisms the same label and, with
 ``shared_noise``, the shape mechanism's noise.
 """
 

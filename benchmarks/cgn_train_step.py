@@ -1,0 +1,159 @@
+"""Seconds per MNIST-CGN training step (batch 16) per preset, and the projected training times.
+
+    .venv/bin/python benchmarks/cgn_train_step.py                     # all presets, all modes
+    .venv/bin/python benchmarks/cgn_train_step.py --presets wildlife-mnist --steps 40 --threads 2
+
+Modes (same losses, same weights, same optimiser in all of them):
+  original-like  what the original loop computes: the VGG16 run through all four hooked stages
+                 whatever their weights, Gram matrices of every stage, gradients into D's
+                 parameters during the generator step, fp32, and per-item data loading through a
+                 DataLoader (one image converted at a time);
+  ours-fp32      cgn's loop: only the stages with nonzero weight, VGG stopped at the deepest one,
+                 D frozen in the generator step, the training set one in-memory uint8 tensor;
+  ours-bf16      as ours-fp32 with the VGG forward under bfloat16 autocast (the recipe).
+
+Prints the median seconds per step (after warm-up), the VGG style loss's share, and the projected
+time of the original 15 epochs and of the preset's recipe. The CPU may be shared: medians of
+interleaved runs, and the load average, are printed so numbers can be judged. The original code
+measured 0.32 s/step (colored, double-colored) and 0.48 s/step (wildlife) on the same 2-core
+machines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from cgn.config import override  # noqa: E402
+from cgn.core.losses import StyleLoss  # noqa: E402
+from cgn.mnist.config import preset_config  # noqa: E402
+from cgn.mnist.train import Trainer  # noqa: E402
+
+ORIGINAL_SEC_PER_STEP = {"colored-mnist": 0.32, "double-colored-mnist": 0.32, "wildlife-mnist": 0.48}
+IMAGES = {"colored-mnist": 60000, "double-colored-mnist": 50000, "wildlife-mnist": 50000}
+
+
+class OriginalLikeStyle(StyleLoss):
+    """Every hooked stage computed (weights 0 included), as the original's hook-based loss does."""
+
+    def forward(self, generated, target):
+        with torch.no_grad():
+            tf = self.extractor(target, 4)
+        gf = self.extractor(generated, 4)
+        parts = {}
+        for i, (a, b) in enumerate(zip(gf, tf)):
+            from cgn.core.losses import gram_matrix
+            parts[str(i)] = torch.nn.functional.l1_loss(gram_matrix(a), gram_matrix(b)) * self.weights[i] ** 2 * self.scale
+        return sum(parts.values()), parts
+
+
+class PerItemData:
+    """A DataLoader that converts one image at a time (the original's per-item __getitem__)."""
+
+    def __init__(self, data, batch_size: int, seed: int):
+        from torch.utils.data import DataLoader, Dataset
+
+        images, labels = data.images, data.labels
+
+        class _DS(Dataset):
+            def __len__(self):
+                return len(labels)
+
+            def __getitem__(self, i):
+                return images[i].float() / 127.5 - 1.0, labels[i]
+
+        g = torch.Generator().manual_seed(seed)
+        self.loader = DataLoader(_DS(), batch_size=batch_size, shuffle=True, num_workers=0, generator=g,
+                                 drop_last=True)
+        self.it = iter(self.loader)
+
+    def next(self):
+        try:
+            return next(self.it)
+        except StopIteration:
+            self.it = iter(self.loader)
+            return next(self.it)
+
+
+def make_trainer(preset: str, mode: str, root: Path, feature_extractor: str) -> Trainer:
+    cfg = preset_config(preset)
+    cfg = override(cfg, {"loss.feature_extractor": feature_extractor, "loss.bf16": mode == "ours-bf16",
+                         "train.limit_train": 4096})
+    tr = Trainer(cfg, root / f"{preset}-{mode}")
+    if mode == "original-like":
+        tr.style = OriginalLikeStyle(tr.extractor, list(cfg.loss.style_weights) + [0.0] * (4 - len(cfg.loss.style_weights)))
+        per_item = PerItemData(tr.data, cfg.train.batch_size, cfg.train.seed)
+        tr.data.batch = lambda idx, device: tuple(t.to(device) for t in per_item.next())
+        tr.freeze_d_in_g_step = False  # D's parameters collect gradients in the G step too
+    return tr
+
+
+def time_style(tr: Trainer, n: int) -> float:
+    x = torch.rand(tr.cfg.train.batch_size, 3, 32, 32) * 2 - 1
+    ts = []
+    for _ in range(n):
+        g = (torch.rand_like(x) * 2 - 1).requires_grad_()
+        t0 = time.perf_counter()
+        loss, _ = tr.style(g, x)
+        loss.backward()
+        ts.append(time.perf_counter() - t0)
+    return statistics.median(ts)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--presets", nargs="+", default=list(IMAGES))
+    ap.add_argument("--modes", nargs="+", default=["original-like", "ours-fp32", "ours-bf16"])
+    ap.add_argument("--steps", type=int, default=30, help="timed steps per mode (after 5 warm-up steps)")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds (each --steps/rounds steps)")
+    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--feature-extractor", default="hed")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    os.environ.setdefault("CGN_PROGRESS", "0")
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch "
+          f"{torch.__version__}, {torch.get_num_threads()} threads; load average {os.getloadavg()}")
+    with tempfile.TemporaryDirectory() as tmp:
+        for preset in args.presets:
+            trainers = {m: make_trainer(preset, m, Path(tmp), args.feature_extractor) for m in args.modes}
+            times: dict[str, list[float]] = {m: [] for m in args.modes}
+            for tr in trainers.values():
+                for _ in range(5):
+                    tr.train_step()
+                    tr.step += 1
+            per_round = max(1, args.steps // args.rounds)
+            for _ in range(args.rounds):
+                for m, tr in trainers.items():
+                    for _ in range(per_round):
+                        t0 = time.perf_counter()
+                        tr.train_step()
+                        times[m].append(time.perf_counter() - t0)
+                        tr.step += 1
+            recipe = preset_config(preset, recipe=True).train.max_steps
+            full = 15 * IMAGES[preset] // 16
+            print(f"\n{preset}  (original code: {ORIGINAL_SEC_PER_STEP[preset]:.2f} s/step; "
+                  f"15 epochs = {full} steps; recipe = {recipe} steps)")
+            base = statistics.median(times[args.modes[0]])
+            for m, tr in trainers.items():
+                med = statistics.median(times[m])
+                style = time_style(tr, 10)
+                print(f"  {m:14s} {med:.3f} s/step (x{base / med:.2f} vs {args.modes[0]}, "
+                      f"x{ORIGINAL_SEC_PER_STEP[preset] / med:.2f} vs original code)  style loss "
+                      f"{style:.3f} s ({100 * style / med:.0f} %)  15 epochs: {full * med / 3600:.2f} h  "
+                      f"recipe: {recipe * med / 60:.1f} min")
+    print(f"\nload average at the end {os.getloadavg()}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,15 @@
+"""The background mechanism of the MNIST CGN.
+
+In the MNIST CGN the background is a *second texture mechanism*: the same architecture as the
+foreground texture (:mod:`cgn.mnist.texture`, tile-and-crop prior included) with its own
+weights. It produces ``b`` in ``x = m * f + (1 - m) * b``; in the authors' checkpoints it is
+``f_text2`` (``f_text1`` is the foreground).
+"""
+
+from __future__ import annotations
+
+from cgn.mnist.texture import TextureMechanism
+
+
+class BackgroundMechanism(TextureMechanism):
+    """Noise + label -> background [B, 3, H, W] in [-1, 1] (architecture of TextureMechanism)."""

@@ -1,0 +1,173 @@
+"""Configs of the MNIST CGN (model, losses, optimiser, training) and the three presets.
+
+The presets carry the original hyper-parameters (``mnists/experiments/cgn_*/cfg.yaml`` of the
+authors' release, SPEC section 4): 15 epochs of batch 16 on the 50k (double-colored,
+wildlife) or 60k (colored) training images. Each also carries the *recipe*: the overrides
+(``--recipe``) that train a usable CGN in under 30 minutes on 2 CPU cores; docs/mnist_cgn.md has
+the measurements behind it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from cgn.config import check, from_dict, override, to_dict
+from cgn.errors import CGNError
+
+VARIANT_NAMES = ("colored-mnist", "double-colored-mnist", "wildlife-mnist")
+
+
+@dataclass
+class ModelConfig:
+    n_classes: int = field(default=10, metadata={"help": "number of classes (digits)"})
+    latent_dim: int = field(default=32, metadata={"help": "noise dimension per mechanism"})
+    ngf: int = field(default=32, metadata={"help": "generator width"})
+    img_size: int = field(default=32, metadata={"help": "image side (a multiple of 4)"})
+    init_type: Literal["orthogonal", "normal", "xavier", "kaiming"] = field(
+        default="orthogonal", metadata={"help": "generator weight init"})
+    init_gain: float = field(default=0.1, metadata={"help": "gain (std for normal) of the init; "
+                                                            "BatchNorm weights ~ N(1, gain)"})
+    disc: Literal["linear", "conv"] = field(default="linear", metadata={"help": "discriminator type"})
+    ndf: int = field(default=512, metadata={"help": "discriminator width"})
+
+    def __post_init__(self):
+        check(self.n_classes >= 2, "n_classes must be >= 2")
+        check(self.latent_dim >= 1 and self.ngf >= 1 and self.ndf >= 1, "widths must be >= 1")
+        check(self.img_size >= 16 and self.img_size % 4 == 0, "img_size must be a multiple of 4, >= 16")
+        check(self.init_gain > 0, "init_gain must be > 0")
+
+
+@dataclass
+class LossConfig:
+    mask_weight: float = field(default=0.3, metadata={"help": "lambda of the mask binary entropy"})
+    style_weights: list[float] = field(default_factory=lambda: [0.0, 0.05, 0.0, 0.05], metadata={
+        "help": "w_i of the Gram style loss at relu1_2, relu2_2, relu3_3, relu4_3 (loss w_i^2*5000*L1)"})
+    feature_extractor: str = field(default="auto", metadata={
+        "help": "VGG16 weights for the style loss: auto | imagenet | hed | random | path to a file"})
+    vgg_weights: str | None = field(default=None, metadata={"help": "explicit torchvision VGG16 file"})
+    vgg_seed: int = field(default=0, metadata={"help": "seed of the random-feature VGG16"})
+    allow_download: bool = field(default=False, metadata={
+        "help": "let 'auto'/'imagenet' try the torchvision download when no local file exists"})
+    bf16: bool = field(default=False, metadata={"help": "run the VGG forward under bfloat16 autocast"})
+    ssim_weight: float = field(default=0.0, metadata={"help": "weight of 1-SSIM(x_gen, x_real) (study)"})
+    border_weight: float = field(default=0.0, metadata={"help": "weight of the mask border loss"})
+    border_width: int = field(default=3, metadata={"help": "frame width (px) of the border loss"})
+
+    def __post_init__(self):
+        check(self.mask_weight >= 0 and self.ssim_weight >= 0 and self.border_weight >= 0,
+              "loss weights must be >= 0")
+        check(1 <= len(self.style_weights) <= 5 and all(w >= 0 for w in self.style_weights),
+              "style_weights: 1 to 5 non-negative numbers")
+        check(1 <= self.border_width <= 8, "border_width must be in 1..8")
+
+
+@dataclass
+class OptimConfig:
+    lr: float = field(default=2e-4, metadata={"help": "Adam learning rate (generator and D)"})
+    betas: list[float] = field(default_factory=lambda: [0.5, 0.999], metadata={"help": "Adam betas"})
+
+    def __post_init__(self):
+        check(self.lr > 0, "lr must be > 0")
+        check(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "betas: two numbers in [0, 1)")
+
+
+@dataclass
+class TrainConfig:
+    dataset: Literal["colored-mnist", "double-colored-mnist", "wildlife-mnist"] = field(
+        default="double-colored-mnist", metadata={"help": "training data (cgn.mnist.variants)"})
+    data_seed: int = field(default=0, metadata={"help": "seed the dataset was built with"})
+    epochs: int = field(default=15, metadata={"help": "passes over the training set"})
+    max_steps: int | None = field(default=None, metadata={
+        "help": "stop after this many generator steps (overrides epochs when set)"})
+    batch_size: int = field(default=16, metadata={"help": "batch size"})
+    limit_train: int | None = field(default=None, metadata={
+        "help": "use only the first N training images (quick probes and tests)"})
+    seed: int = field(default=0, metadata={"help": "seed of init, labels, noise, shuffling, dropout"})
+    device: str = field(default="auto", metadata={"help": "auto | cpu | cuda[:N]"})
+    threads: int = field(default=0, metadata={"help": "torch CPU threads (0: torch's default)"})
+    log_every: int = field(default=50, metadata={"help": "steps between metrics.jsonl lines"})
+    sample_every: int = field(default=1000, metadata={"help": "steps between sample grids"})
+    timeline_every: int = field(default=250, metadata={"help": "steps between mask-timeline frames"})
+    checkpoint_every: int = field(default=500, metadata={"help": "steps between checkpoints"})
+    eval_samples: int = field(default=1000, metadata={"help": "samples for the final mask statistics"})
+    shape_judge: bool = field(default=True, metadata={
+        "help": "report shape_accuracy: a fixed MNIST digit classifier applied to the final masks"})
+
+    def __post_init__(self):
+        check(self.epochs >= 1, "epochs must be >= 1")
+        check(self.max_steps is None or self.max_steps >= 1, "max_steps must be >= 1")
+        check(self.batch_size >= 2, "batch_size must be >= 2 (BatchNorm)")
+        check(self.limit_train is None or self.limit_train >= self.batch_size,
+              "limit_train must be >= batch_size")
+        for name in ("log_every", "sample_every", "timeline_every", "checkpoint_every"):
+            check(getattr(self, name) >= 1, f"{name} must be >= 1")
+        check(self.eval_samples >= 10, "eval_samples must be >= 10")
+        check(self.threads >= 0, "threads must be >= 0")
+
+
+@dataclass
+class CGNTrainConfig:
+    preset: str = field(default="double-colored-mnist", metadata={"help": "preset it started from"})
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    config: CGNTrainConfig
+    command: str
+    reproduces: str
+    recipe: dict = field(default_factory=dict)  # overrides applied by --recipe
+    recipe_reproduces: str = ""
+
+
+def _preset(name: str, mask: float, style: list[float], disc: str, init: str, gain: float,
+            ndf: int, recipe: dict, reproduces: str, recipe_reproduces: str) -> Preset:
+    cfg = CGNTrainConfig(
+        preset=name,
+        model=ModelConfig(init_type=init, init_gain=gain, disc=disc, ndf=ndf),
+        loss=LossConfig(mask_weight=mask, style_weights=style),
+        train=TrainConfig(dataset=name),
+    )
+    return Preset(name, cfg, f"cgn train-cgn --preset {name}", reproduces, recipe, recipe_reproduces)
+
+
+# The recipe: see docs/mnist_cgn.md ("Recipe") for the measurements that chose it.
+_RECIPE_COMMON = {"loss.bf16": True}
+
+PRESETS: dict[str, Preset] = {p.name: p for p in [
+    _preset("colored-mnist", 0.1, [0.05, 0.1, 0.01, 0.0], "linear", "orthogonal", 0.1, 512,
+            {**_RECIPE_COMMON, "train.max_steps": 6000},
+            "the authors' colored-MNIST CGN: masks of mean ~0.1-0.25 per class, digits in the "
+            "class colours of SPEC section 3 (15 epochs, ~4 h on 2 CPU cores at 0.32 s/step originally)",
+            "non-collapsed masks (mean 0.1-0.35) and clean grids in < 30 min on 2 cores"),
+    _preset("double-colored-mnist", 0.3, [0.0, 0.05, 0.0, 0.05], "linear", "orthogonal", 0.2, 512,
+            {**_RECIPE_COMMON, "train.max_steps": 6000},
+            "the authors' double-colored CGN: fg/bg colours of SPEC section 3 per label, masks of "
+            "mean ~0.1-0.25 (15 epochs)",
+            "non-collapsed masks (mean 0.1-0.35), label colours, clean grids in < 30 min on 2 cores"),
+    _preset("wildlife-mnist", 0.3, [0.01, 0.05, 0.0, 0.01], "conv", "normal", 0.03, 32,
+            {**_RECIPE_COMMON, "train.max_steps": 5000},
+            "the authors' wildlife CGN: striped digits on veined backgrounds by label (15 epochs)",
+            "non-collapsed masks (mean 0.1-0.35) and clean grids in < 30 min on 2 cores"),
+]}
+
+
+def get_preset(name: str) -> Preset:
+    if name not in PRESETS:
+        raise CGNError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    return PRESETS[name]
+
+
+def preset_config(name: str, recipe: bool = False) -> CGNTrainConfig:
+    p = get_preset(name)
+    cfg = from_dict(CGNTrainConfig, to_dict(p.config))
+    return override(cfg, p.recipe) if recipe else cfg
+
+
+def config_from_dict(d: dict) -> CGNTrainConfig:
+    return from_dict(CGNTrainConfig, d)

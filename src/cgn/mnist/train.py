@@ -1,0 +1,481 @@
+"""Training the MNIST CGN (the original's loop, made fast on CPUs and exactly resumable).
+
+One step, batch B (labels y_gen uniform, one noise vector shared by the three mechanisms):
+
+    generator:      x_gen = compose(m, f, b)
+                    L_G = LSGAN(D(x_gen, y_gen) -> 1)
+                        + lambda_mask * mean binary entropy(m)
+                        + sum_i w_i^2 * 5000 * L1(Gram_i(x_gen), Gram_i(x_real))   (VGG16 stages)
+                        [+ ssim_weight * (1 - SSIM(x_gen, x_real))]                 (study)
+                        [+ border_weight * mean(m on the image frame)]              (border loss)
+    discriminator:  L_D = (LSGAN(D(x_real, y_real) -> 1) + LSGAN(D(x_gen, y_gen) -> 0)) / 2
+    Adam(2e-4, (0.5, 0.999)) for both.
+
+What differs from the original, none of it changing the losses: the real batch's VGG features
+are computed without gradients, stages with weight 0 are skipped and the VGG stops at the
+deepest stage needed; D's parameters do not collect gradients in the generator step; the data
+set lives in memory as one uint8 tensor indexed by batch (no per-item loading); optionally the
+VGG forward runs under bfloat16 autocast (``loss.bf16``).
+
+Exact resume: the run directory's ``checkpoints/last.pt`` holds models, optimisers, the data
+generator's state, every global RNG, the timeline and the running loss sums; the data order is a
+pure function of (seed, epoch). A run continued from any checkpoint ends bit-identical to an
+uninterrupted one.
+
+Run directory (``cgn.core.rundir.RunDir``): ``config.json`` (the resolved config, including the
+feature extractor actually used), ``log.txt``, ``metrics.jsonl``, ``samples/`` (sample grids at
+fixed noise: composite, mask, foreground, background; ``mask_timeline.png`` / ``.npz``),
+``checkpoints/last.pt`` and, when done, ``checkpoints/final.pt`` and ``results.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+from cgn.config import to_dict
+from cgn.core.checkpoint import load_checkpoint, save_checkpoint
+from cgn.core.device import resolve_device
+from cgn.core.losses import (StyleLoss, lsgan_discriminator_loss, lsgan_generator_loss,
+                             mask_binary_entropy, mask_border_loss, ssim_loss)
+from cgn.core.perceptual import FeatureSource, load_vgg16
+from cgn.core.progress import progress
+from cgn.core.rundir import RunDir
+from cgn.core.sampling import eval_mode, sample_plain, to_uint8
+from cgn.core.seeding import rng_state, seed_everything, set_rng_state
+from cgn.errors import CGNError
+from cgn.io import save_npz_atomic, write_json_atomic
+from cgn.mnist.config import CGNTrainConfig, config_from_dict
+from cgn.mnist.discriminator import build_discriminator
+from cgn.mnist.model import CHECKPOINT_KIND, MnistCGN
+from cgn.mnist.preview import make_grid, save_png, stack_vertical, titled
+
+# Config fields that may change when a run is resumed (they do not change what is computed).
+RESUMABLE_CHANGES = {"train.epochs", "train.max_steps", "train.device", "train.threads"}
+GRID_ROWS = 4           # sample grid: 10 classes x GRID_ROWS fixed noise vectors
+TIMELINE_PER_CLASS = 2  # mask timeline: 10 classes x 2 fixed noise vectors
+TIMELINE_ROWS = 12      # frames shown in mask_timeline.png (evenly spaced over the run)
+
+
+def _sub_seed(seed: int, *key: int) -> int:
+    return int(np.random.SeedSequence([int(seed), *key]).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+# --- data --------------------------------------------------------------------------------------
+
+class InMemoryData:
+    """The training split as one uint8 tensor [N, 3, 32, 32]; batches by index, no per-item work."""
+
+    def __init__(self, dataset: str, seed: int, limit: int | None):
+        from cgn.mnist.variants import load_split
+        split = load_split(dataset, "train", seed=seed)
+        images, labels = split["images"], split["labels"]
+        if limit is not None:
+            images, labels = images[:limit], labels[:limit]
+        self.images = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).contiguous()
+        self.labels = torch.from_numpy(np.asarray(labels, dtype=np.int64))
+        self.meta = split.get("meta", {})
+
+    def __len__(self) -> int:
+        return self.labels.shape[0]
+
+    def batch(self, idx: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.images[idx].to(device=device, dtype=torch.float32).div_(127.5).sub_(1.0)  # [B,3,32,32]
+        return x, self.labels[idx].to(device)
+
+
+# --- shape judge: are the masks recognisable digits? ----------------------------------------------
+
+class ShapeJudge:
+    """A fixed digit classifier for masks: ridge regression on 1000 seeded random ReLU features
+    (plus the pixels) of binarised 32x32 MNIST training digits ``[:50000]``. 95 % accurate on
+    MNIST ``[50000:60000]``; on masks of the authors' CGNs 80-95 %. Used to report how
+    recognisable a CGN's shapes are (``shape_accuracy``); cached in ``$CGN_HOME/judges``."""
+
+    VERSION = 1
+    N_FEATURES = 1000
+    RIDGE = 10.0
+
+    def __init__(self, weights: torch.Tensor, proj: torch.Tensor):
+        self.weights, self.proj = weights, proj
+
+    @staticmethod
+    def _features(x: torch.Tensor, proj: torch.Tensor) -> torch.Tensor:
+        x = x.flatten(1).float()
+        return torch.cat([torch.relu(x @ proj), x, torch.ones(x.shape[0], 1)], dim=1)
+
+    @classmethod
+    def load(cls) -> "ShapeJudge":
+        from cgn.paths import cache_dir
+        path = cache_dir("judges") / f"mnist-shape-judge-v{cls.VERSION}.npz"
+        if path.exists():
+            with np.load(path, allow_pickle=False) as z:
+                return cls(torch.from_numpy(z["weights"]), torch.from_numpy(z["proj"]))
+        from cgn.mnist.source import load_mnist
+        mnist = load_mnist()
+        src = np.floor((np.arange(32) + 0.5) * 28 / 32).astype(int)   # nearest 28 -> 32
+        digits = mnist.train_images[:50000][:, src][:, :, src] > 25  # binarised like the variants
+        x = torch.from_numpy(digits.reshape(len(digits), -1).astype(np.float32))
+        y = torch.nn.functional.one_hot(torch.from_numpy(mnist.train_labels[:50000].astype(np.int64)), 10).float()
+        g = torch.Generator().manual_seed(0)
+        proj = torch.randn(x.shape[1], cls.N_FEATURES, generator=g) / math.sqrt(x.shape[1] * 0.15)
+        f = cls._features(x, proj)
+        a = (f.T @ f).double() + cls.RIDGE * torch.eye(f.shape[1], dtype=torch.float64)
+        w = torch.linalg.solve(a, (f.T @ y).double()).float()
+        save_npz_atomic(path, weights=w.numpy(), proj=proj.numpy())
+        return cls(w, proj)
+
+    def predict(self, masks: torch.Tensor) -> torch.Tensor:
+        """masks [N, 1, 32, 32] (or [N, 32, 32]) in [0, 1] -> predicted digit [N]."""
+        return (self._features(masks.reshape(masks.shape[0], -1).cpu(), self.proj) @ self.weights).argmax(1)
+
+
+def mask_statistics(model: MnistCGN, n: int, seed: int, judge: ShapeJudge | None = None) -> dict:
+    """Mean mask (overall, per class), fraction of pixels > 0.5, and the judge's shape accuracy,
+    over ``n`` plain samples with balanced labels."""
+    labels = torch.arange(model.n_classes).repeat(-(-n // model.n_classes))[:n]
+    s = sample_plain(model, labels, seed=seed, batch_size=500)
+    m = s.mask[:, 0]
+    per_class = [float(m[labels == k].mean()) for k in range(model.n_classes)]
+    out = {"mask_mean": float(m.mean()), "mask_mean_per_class": [round(v, 4) for v in per_class],
+           "mask_area_gt_0.5": float((m > 0.5).float().mean()),
+           "mask_binary_entropy": float(mask_binary_entropy(m.clamp(1e-4, 1 - 1e-4)))}
+    if judge is not None:
+        out["shape_accuracy"] = float((judge.predict(m) == labels).float().mean())
+    return out
+
+
+# --- figures -----------------------------------------------------------------------------------
+
+def _mask_u8(mask: torch.Tensor) -> np.ndarray:
+    return to_uint8(mask.expand(-1, 3, -1, -1) * 2 - 1)
+
+
+def save_sample_grid(model: MnistCGN, inputs: dict[str, torch.Tensor], path: Path, title: str) -> None:
+    """Composite, mask, foreground and background of fixed inputs, one panel each (classes as columns)."""
+    with eval_mode(model):
+        out = model(**inputs)
+    ncol = model.n_classes
+    panels = [titled(make_grid(to_uint8(out.composite.cpu()), ncol), f"{title}: composite", 2),
+              titled(make_grid(_mask_u8(out.mask.cpu()), ncol), "mask", 2),
+              titled(make_grid(to_uint8(out.foreground.cpu()), ncol), "foreground", 2),
+              titled(make_grid(to_uint8(out.background.cpu()), ncol), "background", 2)]
+    save_png(path, stack_vertical(panels))
+
+
+def save_timeline_figure(steps: np.ndarray, masks: np.ndarray, path: Path, title: str) -> None:
+    """Masks of the fixed noise/labels through training: one row per frame (<= TIMELINE_ROWS,
+    evenly spaced), columns = classes x noise vectors; each row labelled with step and mean mask."""
+    if len(steps) == 0:
+        return
+    rows = np.unique(np.linspace(0, len(steps) - 1, min(TIMELINE_ROWS, len(steps))).round().astype(int))
+    scale, label_w, pad = 2, 150, 2
+    h, w = masks.shape[-2:]
+    ncol = masks.shape[1]
+    canvas = Image.new("RGB", (label_w + ncol * (w * scale + pad), 18 + len(rows) * (h * scale + pad)), "white")
+    draw = ImageDraw.Draw(canvas)
+    draw.text((4, 3), title, fill="black")
+    for r, i in enumerate(rows):
+        y = 18 + r * (h * scale + pad)
+        draw.text((4, y + h * scale // 2 - 6), f"step {int(steps[i])}  mean {masks[i].mean():.3f}", fill="black")
+        for c in range(ncol):
+            tile = Image.fromarray((masks[i, c] * 255).round().astype(np.uint8)).resize((w * scale, h * scale), Image.NEAREST)
+            canvas.paste(tile, (label_w + c * (w * scale + pad), y))
+    save_png(path, canvas)
+
+
+# --- the trainer -------------------------------------------------------------------------------
+
+class Trainer:
+    def __init__(self, cfg: CGNTrainConfig, out: str | Path, resume: bool = False):
+        self.out = Path(out)
+        self.device = resolve_device(cfg.train.device)
+        if cfg.train.threads:
+            torch.set_num_threads(cfg.train.threads)
+        resumed = resume and (self.out / "config.json").exists()
+        if resumed:
+            cfg = self._check_resume_config(cfg)
+            self.extractor, self.feature_source = self._load_extractor(cfg)
+        else:
+            self.extractor, self.feature_source = self._load_extractor(cfg)
+            cfg = self._pin_extractor(cfg, self.feature_source)
+        self.cfg = cfg
+        self.run = RunDir(self.out, self._config_record(cfg), resume=resume)
+        t = cfg.train
+
+        # models (init from the seed, so a fresh run is a pure function of the config)
+        seed_everything(t.seed)
+        self.G = MnistCGN(cfg.model).to(self.device)
+        self.D = build_discriminator(cfg.model.disc, cfg.model.n_classes, cfg.model.ndf).to(self.device)
+        betas = tuple(cfg.optim.betas)
+        self.opt_g = torch.optim.Adam(self.G.parameters(), lr=cfg.optim.lr, betas=betas)
+        self.opt_d = torch.optim.Adam(self.D.parameters(), lr=cfg.optim.lr, betas=betas)
+        self.style = StyleLoss(self.extractor.to(self.device), cfg.loss.style_weights, autocast_bf16=cfg.loss.bf16)
+
+        # data and schedule
+        self.data = InMemoryData(t.dataset, t.data_seed, t.limit_train)
+        self.steps_per_epoch = len(self.data) // t.batch_size
+        self.total_steps = t.max_steps if t.max_steps is not None else t.epochs * self.steps_per_epoch
+        self.data_gen = torch.Generator().manual_seed(_sub_seed(t.seed, 1))
+
+        # fixed inputs for sample grids and the mask timeline
+        g = torch.Generator().manual_seed(_sub_seed(t.seed, 2))
+        k = cfg.model.n_classes
+        self.grid_inputs = self._fixed_inputs(torch.arange(k).repeat(GRID_ROWS), g)
+        self.timeline_inputs = self._fixed_inputs(torch.arange(k).repeat_interleave(TIMELINE_PER_CLASS), g)
+        self.timeline_steps: list[int] = []
+        self.timeline_masks: list[np.ndarray] = []
+
+        self.freeze_d_in_g_step = True  # D's parameters collect no gradients in the G step
+        self.step = 0
+        self.sums: dict[str, float] = {}
+        self.sum_count = 0
+        self.elapsed = 0.0  # training seconds over all sessions
+        self.resumed_from: int | None = None
+        if resumed and self.run.latest_checkpoint() is not None:
+            self._restore(self.run.latest_checkpoint())
+
+    # -- config handling --
+
+    @staticmethod
+    def _load_extractor(cfg: CGNTrainConfig):
+        lc = cfg.loss
+        return load_vgg16(lc.feature_extractor, weights=lc.vgg_weights, seed=lc.vgg_seed,
+                          allow_download=lc.allow_download)
+
+    @staticmethod
+    def _pin_extractor(cfg: CGNTrainConfig, src: FeatureSource) -> CGNTrainConfig:
+        """Replace 'auto' by the source actually used, so a resume uses the same features."""
+        if cfg.loss.feature_extractor == "auto":
+            loss = dataclasses.replace(cfg.loss, feature_extractor=src.kind)
+            return dataclasses.replace(cfg, loss=loss)
+        return cfg
+
+    def _config_record(self, cfg: CGNTrainConfig) -> dict:
+        return {**to_dict(cfg), "resolved": {"feature_extractor": self.feature_source.as_dict(),
+                                             "device": str(self.device)}}
+
+    def _check_resume_config(self, cfg: CGNTrainConfig) -> CGNTrainConfig:
+        stored_record = json.loads((self.out / "config.json").read_text())
+        stored_dict = {k: v for k, v in stored_record["config"].items() if k != "resolved"}
+        stored = config_from_dict(stored_dict)
+        new = _flatten(to_dict(cfg))
+        old = _flatten(stored_dict)
+        if cfg.loss.feature_extractor == "auto":
+            new["loss.feature_extractor"] = old.get("loss.feature_extractor")
+        changed = sorted(k for k in new if new[k] != old.get(k))
+        bad = [k for k in changed if k not in RESUMABLE_CHANGES]
+        if bad:
+            raise CGNError(f"--resume: the run in {self.out} was started with a different config "
+                           f"({', '.join(f'{k}: {old.get(k)!r} -> {new[k]!r}' for k in bad[:3])}); "
+                           "resume with the same options or start a new --out")
+        if changed:
+            merged = config_from_dict({**stored_dict, "train": {**stored_dict["train"],
+                                       **{k.split('.', 1)[1]: new[k] for k in changed}}})
+            record = {**stored_record, "config": {**to_dict(merged), "resolved": stored_record["config"].get("resolved", {})}}
+            record.setdefault("resume_changes", []).append({k: new[k] for k in changed})
+            write_json_atomic(self.out / "config.json", record)
+            return merged
+        return stored
+
+    def _fixed_inputs(self, labels: torch.Tensor, g: torch.Generator) -> dict[str, torch.Tensor]:
+        inp = self.G.sample_inputs(len(labels), g, self.device)
+        inp["labels"] = labels.to(self.device)
+        return inp
+
+    # -- checkpoints --
+
+    def _save(self, name: str = "last.pt") -> None:
+        extra = {
+            "discriminator": self.D.state_dict(),
+            "data_generator": self.data_gen.get_state(),
+            "feature_extractor": self.feature_source.as_dict(),
+            "elapsed": self.elapsed, "sums": dict(self.sums), "sum_count": self.sum_count,
+            "timeline_steps": torch.tensor(self.timeline_steps, dtype=torch.int64),
+            "timeline_masks": torch.from_numpy(np.stack(self.timeline_masks)) if self.timeline_masks
+            else torch.zeros(0),
+        }
+        save_checkpoint(self.run.checkpoints / name, kind=CHECKPOINT_KIND, step=self.step,
+                        config=to_dict(self.cfg), model=self.G.state_dict(),
+                        optim={"generator": self.opt_g.state_dict(), "discriminator": self.opt_d.state_dict()},
+                        rng=rng_state(), extra=extra)
+
+    def _restore(self, path: Path) -> None:
+        ckpt = load_checkpoint(path, kind=CHECKPOINT_KIND)
+        self.G.load_state_dict(ckpt["model"])
+        self.D.load_state_dict(ckpt["extra"]["discriminator"])
+        self.opt_g.load_state_dict(ckpt["optim"]["generator"])
+        self.opt_d.load_state_dict(ckpt["optim"]["discriminator"])
+        self.data_gen.set_state(ckpt["extra"]["data_generator"])
+        set_rng_state(ckpt["rng"])
+        self.step = int(ckpt["step"])
+        ex = ckpt["extra"]
+        self.elapsed = float(ex["elapsed"])
+        self.sums, self.sum_count = {k: float(v) for k, v in ex["sums"].items()}, int(ex["sum_count"])
+        self.timeline_steps = [int(s) for s in ex["timeline_steps"].tolist()]
+        self.timeline_masks = list(ex["timeline_masks"].numpy()) if self.timeline_steps else []
+        self.run.truncate_metrics(self.step)
+        self.resumed_from = self.step
+        self.run.log(f"resumed from {path} at step {self.step}")
+
+    # -- one step --
+
+    def _batch_indices(self, step: int) -> torch.Tensor:
+        epoch, i = divmod(step, self.steps_per_epoch)
+        perm = torch.randperm(len(self.data), generator=torch.Generator().manual_seed(_sub_seed(self.cfg.train.seed, 3, epoch)))
+        b = self.cfg.train.batch_size
+        return perm[i * b:(i + 1) * b]
+
+    def train_step(self) -> dict[str, float]:
+        lc, b = self.cfg.loss, self.cfg.train.batch_size
+        x_real, y_real = self.data.batch(self._batch_indices(self.step), self.device)
+        inp = self.G.sample_inputs(b, self.data_gen, self.device)
+        self.G.train()
+        self.D.train()
+
+        # generator
+        self.opt_g.zero_grad(set_to_none=True)
+        self.D.requires_grad_(not self.freeze_d_in_g_step)
+        out = self.G(**inp)
+        losses = {"g_adv": lsgan_generator_loss(self.D(out.composite, inp["labels"]))}
+        losses["g_mask"] = lc.mask_weight * mask_binary_entropy(out.mask)
+        style, parts = self.style(out.composite, x_real)
+        losses["g_style"] = style
+        if lc.ssim_weight > 0:
+            losses["g_ssim"] = lc.ssim_weight * ssim_loss(out.composite, x_real)
+        if lc.border_weight > 0:
+            losses["g_border"] = lc.border_weight * mask_border_loss(out.mask, lc.border_width)
+        loss_g = sum(losses.values())
+        loss_g.backward()
+        self.opt_g.step()
+        self.D.requires_grad_(True)
+
+        # discriminator
+        self.opt_d.zero_grad(set_to_none=True)
+        x_gen = out.composite.detach()
+        loss_d = lsgan_discriminator_loss(self.D(x_real, y_real), self.D(x_gen, inp["labels"]))
+        loss_d.backward()
+        self.opt_d.step()
+
+        rec = {k: float(v.detach()) for k, v in losses.items()}
+        rec.update({f"style_{k}": float(v.detach()) for k, v in parts.items()})
+        rec["g_total"] = float(loss_g.detach())
+        rec["d_loss"] = float(loss_d)
+        rec["mask_mean"] = float(out.mask.mean())
+        return rec
+
+    def _record_timeline(self) -> None:
+        with eval_mode(self.G):
+            m = self.G(**self.timeline_inputs).mask[:, 0].float().cpu().numpy()  # [20, 32, 32]
+        self.timeline_steps.append(self.step)
+        self.timeline_masks.append(m.astype(np.float32))
+
+    def _write_timeline(self) -> None:
+        if not self.timeline_steps:
+            return
+        steps, masks = np.array(self.timeline_steps), np.stack(self.timeline_masks)
+        save_npz_atomic(self.run.samples / "mask_timeline.npz", steps=steps, masks=masks,
+                        labels=self.timeline_inputs["labels"].cpu().numpy())
+        save_timeline_figure(steps, masks, self.run.samples / "mask_timeline.png",
+                             f"{self.cfg.train.dataset}: masks of fixed noise/labels through training")
+
+    # -- the loop --
+
+    def fit(self) -> dict:
+        t = self.cfg.train
+        if self.step == 0:
+            self.run.log(f"training {t.dataset}: {self.total_steps} steps of batch {t.batch_size} "
+                         f"({self.steps_per_epoch} steps/epoch, {len(self.data)} images) on {self.device}; "
+                         f"style features: {self.feature_source.describe()}")
+            self._record_timeline()
+            save_sample_grid(self.G, self.grid_inputs, self.run.samples / "step_000000.png", "step 0")
+        bar = progress(total=self.total_steps, initial=self.step, desc=f"train-cgn {t.dataset}")
+        window_start = time.perf_counter()
+        try:
+            while self.step < self.total_steps:
+                t0 = time.perf_counter()
+                rec = self.train_step()
+                self.step += 1
+                self.elapsed += time.perf_counter() - t0
+                for k, v in rec.items():
+                    self.sums[k] = self.sums.get(k, 0.0) + v
+                self.sum_count += 1
+                bar.update(1)
+                self._after_step()
+                if self.step % t.log_every == 0 or self.step == self.total_steps:
+                    now = time.perf_counter()
+                    row = {"step": self.step, "epoch": round(self.step / self.steps_per_epoch, 4)}
+                    row.update({k: v / self.sum_count for k, v in self.sums.items()})
+                    row["sec_per_step"] = (now - window_start) / max(1, self.sum_count)
+                    self.run.metric(row)
+                    bar.set_postfix(mask=f"{row['mask_mean']:.3f}", style=f"{row['g_style']:.4f}")
+                    self.sums, self.sum_count, window_start = {}, 0, now
+                if self.step % t.timeline_every == 0:
+                    self._record_timeline()
+                if self.step % t.sample_every == 0:
+                    save_sample_grid(self.G, self.grid_inputs, self.run.samples / f"step_{self.step:06d}.png",
+                                     f"step {self.step}")
+                    self._write_timeline()
+                if self.step % t.checkpoint_every == 0:
+                    self._save()
+        except KeyboardInterrupt:
+            self._save()
+            self.run.log(f"interrupted at step {self.step}; checkpoint saved, rerun with --resume")
+            raise
+        finally:
+            bar.close()
+        return self.finish()
+
+    def _after_step(self) -> None:
+        """Hook called after every step (tests use it to simulate an interruption)."""
+
+    def finish(self) -> dict:
+        t = self.cfg.train
+        if not self.timeline_steps or self.timeline_steps[-1] != self.step:
+            self._record_timeline()
+        self._write_timeline()
+        save_sample_grid(self.G, self.grid_inputs, self.run.samples / "final.png", f"final (step {self.step})")
+        self._save()
+        self._save("final.pt")
+        judge = ShapeJudge.load() if t.shape_judge else None
+        stats = mask_statistics(self.G, t.eval_samples, _sub_seed(t.seed, 4), judge)
+        metrics = self.run.metrics()
+        timed = [r["sec_per_step"] for r in metrics if "sec_per_step" in r]
+        results = {
+            "dataset": t.dataset, "preset": self.cfg.preset, "steps": self.step,
+            "epochs": round(self.step / self.steps_per_epoch, 3),
+            "feature_extractor": self.feature_source.as_dict(), "bf16": self.cfg.loss.bf16,
+            "device": str(self.device), "threads": torch.get_num_threads(),
+            "train_seconds": round(self.elapsed, 1),
+            "sec_per_step": round(self.elapsed / max(1, self.step), 4),
+            "sec_per_step_median_window": round(float(np.median(timed)), 4) if timed else None,
+            **stats,
+            "final_losses": {k: v for k, v in (metrics[-1] if metrics else {}).items()
+                             if k not in ("step", "epoch", "sec_per_step")},
+            "checkpoint": str(self.run.checkpoints / "final.pt"),
+        }
+        write_json_atomic(self.out / "results.json", results)
+        self.run.log(f"done: {self.step} steps, mask mean {stats['mask_mean']:.3f}, shape accuracy "
+                     f"{stats.get('shape_accuracy', float('nan')):.3f}, {self.elapsed / 60:.1f} min of training")
+        return results
+
+
+def train(cfg: CGNTrainConfig, out: str | Path, resume: bool = False) -> dict:
+    return Trainer(cfg, out, resume=resume).fit()

@@ -1,0 +1,137 @@
+"""``cgn train-cgn`` end to end (tiny runs through the real CLI): run directory contents, and
+exact resume after an interruption compared with an uninterrupted run."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from cgn.cli import main
+from cgn.core.checkpoint import load_checkpoint
+from cgn.mnist import train as train_mod
+
+from conftest import require_mnist
+
+STEPS = 7
+TINY = ["--preset", "double-colored-mnist", "--steps", str(STEPS), "--limit-train", "48",
+        "--feature-extractor", "random", "--set", "train.log_every=2", "--set", "train.sample_every=4",
+        "--set", "train.timeline_every=2", "--set", "train.checkpoint_every=3",
+        "--set", "train.eval_samples=20", "--set", "train.shape_judge=false", "--set", "model.ndf=32",
+        "--threads", "2"]
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory):
+    """An uninterrupted tiny run (3 steps per epoch: crosses two epoch boundaries)."""
+    require_mnist()
+    out = tmp_path_factory.mktemp("runs") / "full"
+    assert main(["train-cgn", *TINY, "--out", str(out)]) == 0
+    return out
+
+
+def _states(run):
+    ck = load_checkpoint(run / "checkpoints" / "final.pt", kind="mnist-cgn")
+    return ck
+
+
+def _assert_same(a, b, where=""):
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert set(a) == set(b), where
+        for k in a:
+            _assert_same(a[k], b[k], f"{where}.{k}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            _assert_same(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, where
+
+
+def _losses(run):
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k != "sec_per_step"} for r in rows]
+
+
+def test_run_directory_contents(reference_run):
+    run = reference_run
+    record = json.loads((run / "config.json").read_text())
+    cfg = record["config"]
+    assert cfg["loss"]["feature_extractor"] == "random"
+    assert record["config"]["resolved"]["feature_extractor"]["kind"] == "random"
+    assert cfg["loss"]["style_weights"] == [0.0, 0.05, 0.0, 0.05] and cfg["train"]["max_steps"] == STEPS
+    rows = _losses(run)
+    assert [r["step"] for r in rows] == [2, 4, 6, 7]
+    assert {"g_adv", "g_mask", "g_style", "d_loss", "mask_mean", "style_relu2_2", "style_relu4_3"} <= set(rows[0])
+    samples = {p.name for p in (run / "samples").iterdir()}
+    assert {"step_000000.png", "step_000004.png", "final.png", "mask_timeline.png", "mask_timeline.npz"} <= samples
+    with __import__("numpy").load(run / "samples" / "mask_timeline.npz") as z:
+        assert z["steps"].tolist() == [0, 2, 4, 6, 7] and z["masks"].shape == (5, 20, 32, 32)
+    results = json.loads((run / "results.json").read_text())
+    assert results["steps"] == STEPS and results["feature_extractor"]["kind"] == "random"
+    assert 0 < results["mask_mean"] < 1 and len(results["mask_mean_per_class"]) == 10
+    assert "shape_accuracy" not in results  # the judge is off here (tested in test_sample_cli)
+    ck = _states(run)
+    assert ck["step"] == STEPS and ck["config"]["train"]["dataset"] == "double-colored-mnist"
+    assert ck["extra"]["feature_extractor"]["kind"] == "random"
+
+
+@pytest.mark.parametrize("how", ["ctrl-c", "hard-kill"])
+def test_interrupt_and_resume_is_exact(reference_run, tmp_path, monkeypatch, how):
+    out = tmp_path / "resumed"
+    stop_at = 5
+
+    def interrupt(self):
+        if self.step == stop_at:
+            raise KeyboardInterrupt if how == "ctrl-c" else RuntimeError("simulated crash")
+
+    monkeypatch.setattr(train_mod.Trainer, "_after_step", interrupt)
+    if how == "ctrl-c":
+        assert main(["train-cgn", *TINY, "--out", str(out)]) == 130  # saves a checkpoint at step 5
+        assert load_checkpoint(out / "checkpoints" / "last.pt")["step"] == stop_at
+    else:
+        with pytest.raises(RuntimeError):
+            main(["train-cgn", *TINY, "--out", str(out)])         # last checkpoint: step 3
+        assert load_checkpoint(out / "checkpoints" / "last.pt")["step"] == 3
+    monkeypatch.undo()
+    assert main(["train-cgn", *TINY, "--out", str(out)]) == 2      # exists: needs --resume
+    assert main(["train-cgn", *TINY, "--out", str(out), "--resume"]) == 0
+    a, b = _states(reference_run), _states(out)
+    for key in ("model", "optim", "step"):
+        _assert_same(a[key], b[key], key)
+    for key in ("discriminator", "data_generator", "timeline_steps", "timeline_masks"):
+        _assert_same(a["extra"][key], b["extra"][key], key)
+    _assert_same(a["rng"], b["rng"], "rng")
+    assert _losses(reference_run) == _losses(out)
+
+
+def test_resume_refuses_a_different_config(reference_run, tmp_path, capsys):
+    out = tmp_path / "r"
+    args = [a if a != str(STEPS) else "2" for a in TINY]
+    assert main(["train-cgn", *args, "--out", str(out)]) == 0
+    # more steps is a legal change; another loss weight is not
+    assert main(["train-cgn", *TINY, "--out", str(out), "--resume", "--ssim-weight", "1"]) == 2
+    assert "different config" in capsys.readouterr().err
+    assert main(["train-cgn", *TINY, "--out", str(out), "--resume"]) == 0
+    assert load_checkpoint(out / "checkpoints" / "final.pt")["step"] == STEPS
+    rec = json.loads((out / "config.json").read_text())
+    assert rec["config"]["train"]["max_steps"] == STEPS and rec["resume_changes"]
+
+
+def test_bad_options_are_one_line_errors(tmp_path, capsys):
+    assert main(["train-cgn", "--preset", "double-colored-mnist", "--feature-extractor", "vgg19",
+                 "--out", str(tmp_path / "x")]) == 2
+    assert "unknown feature extractor" in capsys.readouterr().err
+    assert main(["train-cgn", "--preset", "double-colored-mnist", "--set", "loss.nope=1",
+                 "--out", str(tmp_path / "y")]) == 2
+
+
+def test_print_config_and_recipe(capsys):
+    assert main(["train-cgn", "--preset", "wildlife-mnist", "--recipe", "--ssim-weight", "0.5",
+                 "--print-config"]) == 0
+    cfg = json.loads(capsys.readouterr().out)
+    assert cfg["model"]["disc"] == "conv" and cfg["loss"]["ssim_weight"] == 0.5
+    assert cfg["train"]["max_steps"] is not None
