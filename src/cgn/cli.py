@@ -17,7 +17,7 @@ COMMAND_MODULES = [
     "cgn.commands.data",
     "cgn.commands.explain",
     "cgn.commands.train_cgn", "cgn.commands.sample",
-    "cgn.commands.generate", "cgn.commands.classify",
+    "cgn.commands.generate", "cgn.commands.classify", "cgn.commands.reproduce",
     "cgn.commands.imagenet", "cgn.commands.download",
 ]
 

@@ -244,6 +244,17 @@ class SeededItems(Dataset):
             torch.manual_seed(seed)
             return self.dataset[index]
 
+    def __getattr__(self, name: str):
+        # Batched access: a dataset with ``__getitems__(indices)`` (e.g. in-memory arrays) gets
+        # the whole batch at once, with torch's RNG seeded by the batch's first position seed.
+        if name == "__getitems__" and hasattr(self.dataset, "__getitems__"):
+            def getitems(keys: list[tuple[int, int]]):
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(keys[0][0])
+                    return self.dataset.__getitems__([k[1] for k in keys])
+            return getitems
+        raise AttributeError(name)
+
 
 class BatchStream:
     """Batches of one dataset for the Trainer: ``steps_per_epoch`` and ``epoch(e, start_step)``.

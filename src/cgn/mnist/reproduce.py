@@ -1,0 +1,292 @@
+"""``cgn reproduce mnist``: the paper's MNIST table (SPEC §9) in one command, resumable.
+
+For each dataset: get a CGN (the authors' checkpoint, or train one with the preset recipe),
+generate the counterfactual set (and the plain-GAN set when "real+gan" is asked for), train the
+classifier on each training set, and write into the run directory:
+
+    config.json, log.txt                 the resolved config and what ran
+    table3.json / table3.md              our rows beside the published ones
+    samples_<dataset>.png                real training images vs counterfactuals
+    mask_timeline_<dataset>.png          masks of fixed noise through CGN training (trained CGNs)
+    ablation_n_counterfactuals.{json,md,png}   OOD accuracy vs number of counterfactuals (option)
+    table4.json / table4.md              the SSIM-loss ablation (option)
+    <dataset>/<cgn>/...                  the CGN run, generated sets and classifier runs
+
+Every step whose output is complete is skipped, so rerunning the same command resumes.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from cgn.config import check
+from cgn.core.rundir import RunDir
+from cgn.errors import CGNError
+from cgn.io import write_json_atomic, write_text_atomic
+from cgn.mnist import published, variants
+from cgn.mnist.classify import TRAIN_SETS, ClassifierConfig, train_classifier
+from cgn.mnist.counterfactuals import CounterfactualSet, GenerateConfig, checkpoint_source, generate
+
+REFERENCE_FILES = {"colored-mnist": "colored_mnist.pth", "double-colored-mnist": "double_colored_mnist.pth",
+                   "wildlife-mnist": "wildlife_mnist.pth"}
+
+
+@dataclass
+class ReproduceConfig:
+    datasets: list[str] = field(default_factory=lambda: list(variants.VARIANTS))
+    cgn: Literal["reference", "trained"] = "trained"
+    reference_dir: str | None = None     # folder with the authors' *_mnist.pth (cgn=reference)
+    n_counterfactuals: int = 100_000
+    cf_ratio: int = 10
+    train_sets: list[str] = field(default_factory=lambda: list(TRAIN_SETS))
+    epochs: int = 10                     # classifier epochs
+    seed: int = 0
+    data_seed: int = 0
+    textures: str | None = None          # wildlife texture folder (None: procedural set)
+    cgn_steps: int | None = None         # trained CGNs: override the recipe's number of steps
+    precision: Literal["bf16", "fp32"] = "bf16"
+    ablation_sizes: list[int] = field(default_factory=list)  # e.g. [10000, 100000, 1000000]
+    ssim_weight: float | None = None     # also train CGNs with this SSIM weight (Table 4)
+    threads: int = 0                     # torch CPU threads (0: torch's default)
+
+    def __post_init__(self):
+        for d in self.datasets:
+            check(d in variants.VARIANTS, f"unknown dataset {d!r}; choose from {', '.join(variants.VARIANTS)}")
+        for t in self.train_sets:
+            check(t in TRAIN_SETS, f"unknown train set {t!r}; choose from {', '.join(TRAIN_SETS)}")
+        check(self.cgn != "reference" or self.reference_dir is not None,
+              "--cgn reference needs the folder with the authors' checkpoints: --cgn reference DIR")
+        check(self.n_counterfactuals >= 1 and self.cf_ratio >= 1, "n_counterfactuals and cf_ratio must be >= 1")
+        check(all(s >= 1 for s in self.ablation_sizes), "ablation sizes must be >= 1")
+        check(self.ssim_weight is None or self.ssim_weight > 0, "ssim_weight must be > 0")
+
+
+# The main job of the README: a quick Colored-MNIST run that finishes in under 15 minutes on 2 cores.
+QUICK = {"datasets": ["colored-mnist"], "cgn": "trained", "cgn_steps": 1500, "n_counterfactuals": 20_000,
+         "train_sets": ["real", "real+cf"], "epochs": 2}
+
+
+class Reproduction:
+    def __init__(self, cfg: ReproduceConfig, out: str | Path, command: str, resume: bool = True):
+        self.cfg, self.out, self.command = cfg, Path(out), command
+        self.run = RunDir(self.out, asdict(cfg), resume=resume)
+        stored = self.run.stored_config()
+        if stored != asdict(cfg):
+            raise CGNError(f"{self.out} holds a reproduction with other settings; use another --out "
+                           "or the same options as before")
+        self.rows: list[dict] = []
+
+    # -- steps ---------------------------------------------------------------------------------
+    def cgn_checkpoint(self, dataset: str, kind: str) -> tuple[Path, bool, Path | None]:
+        """(checkpoint, is_reference_format, CGN run dir or None) for kind reference|trained|trained+ssim."""
+        if kind == "reference":
+            path = Path(self.cfg.reference_dir) / REFERENCE_FILES[dataset]
+            if not path.is_file():
+                raise CGNError(f"{path} not found; --cgn reference DIR needs {REFERENCE_FILES[dataset]} in DIR")
+            return path, True, None
+        from cgn.config import override
+        from cgn.mnist.config import preset_config
+        from cgn.mnist.train import train
+        cfg = preset_config(dataset, recipe=True)
+        changes = {"train.data_seed": self.cfg.data_seed, "train.seed": self.cfg.seed,
+                   "train.threads": self.cfg.threads}
+        if self.cfg.cgn_steps is not None:
+            changes["train.max_steps"] = self.cfg.cgn_steps
+        if kind == "trained+ssim":
+            changes["loss.ssim_weight"] = self.cfg.ssim_weight
+        cfg = override(cfg, changes)
+        run_dir = self.out / dataset / kind / "cgn"
+        res_path = run_dir / "results.json"
+        if not res_path.exists():
+            self.run.log(f"[{dataset}] training a CGN ({kind}): {cfg.train.max_steps or cfg.train.epochs} "
+                         f"{'steps' if cfg.train.max_steps else 'epochs'}")
+            train(cfg, run_dir, resume=True)
+        res = json.loads(res_path.read_text())
+        self.run.log(f"[{dataset}] CGN ({kind}) ready: mask mean {res.get('mask_mean', float('nan')):.3f}, "
+                     f"style features {res.get('feature_extractor', {}).get('name', '?')}", echo=False)
+        return Path(res["checkpoint"]), False, run_dir
+
+    def generated(self, dataset: str, kind: str, ckpt: Path, reference: bool, n: int,
+                  counterfactual: bool) -> Path:
+        from cgn.mnist.model import load_generator
+        out = self.out / dataset / kind / f"{'cf' if counterfactual else 'gan'}-{n}"
+        gcfg = GenerateConfig(n=n, cf_ratio=self.cfg.cf_ratio, seed=self.cfg.seed,
+                              counterfactual=counterfactual, precision=self.cfg.precision)
+        try:
+            CounterfactualSet(out)
+            return out
+        except CGNError:
+            pass
+        model, info = load_generator(ckpt, reference_format=reference)
+        t0 = time.perf_counter()
+        generate(model, gcfg, out, source=checkpoint_source(ckpt, info), log=lambda m: self.run.log(m))
+        self.run.log(f"[{dataset}] generated {n:,} {'counterfactual' if counterfactual else 'plain'} "
+                     f"images in {time.perf_counter() - t0:.0f} s -> {out.relative_to(self.out)}")
+        return out
+
+    def classifier(self, dataset: str, kind: str | None, train_set: str, generated: Path | None,
+                   n: int) -> dict:
+        name = f"clf-{train_set}" + (f"-{n}" if train_set != "real" else "")
+        out = self.out / dataset / (kind or "real") / name
+        if (out / "result.json").exists():
+            return json.loads((out / "result.json").read_text())
+        ccfg = ClassifierConfig(dataset=dataset, train_set=train_set,
+                                generated=None if generated is None else str(generated),
+                                epochs=self.cfg.epochs, seed=self.cfg.seed, data_seed=self.cfg.data_seed,
+                                textures=self.cfg.textures if dataset == "wildlife-mnist" else None,
+                                threads=self.cfg.threads)
+        t0 = time.perf_counter()
+        res = train_classifier(ccfg, out, resume=True)
+        self.run.log(f"[{dataset}] classifier {train_set} ({kind or 'no CGN'}, n={n:,}): train "
+                     f"{res['train_acc']:.2f} / OOD test {res['test_acc']:.2f} "
+                     f"({time.perf_counter() - t0:.0f} s)")
+        return res
+
+    def row(self, dataset: str, kind: str | None, train_set: str, n: int, res: dict) -> dict:
+        return {"dataset": dataset, "cgn": kind if kind in ("reference", "trained") else (kind or None),
+                "train_set": train_set, "n_counterfactuals": 0 if train_set == "real" else int(n),
+                "train_acc": round(float(res["train_acc"]), 2), "test_acc": round(float(res["test_acc"]), 2),
+                "command": self.command}
+
+    # -- the whole run -----------------------------------------------------------------------
+    def run_all(self) -> list[dict]:
+        cfg = self.cfg
+        kinds = [cfg.cgn] + (["trained+ssim"] if cfg.ssim_weight is not None else [])
+        n = cfg.n_counterfactuals
+        for dataset in cfg.datasets:
+            if "real" in cfg.train_sets:
+                self.rows.append(self.row(dataset, None, "real", 0, self.classifier(dataset, None, "real", None, 0)))
+            for kind in kinds:
+                ckpt, ref, cgn_dir = self.cgn_checkpoint(dataset, kind)
+                if cgn_dir is not None and kind == cfg.cgn:
+                    tl = cgn_dir / "samples" / "mask_timeline.png"
+                    if tl.exists():
+                        shutil.copyfile(tl, self.out / f"mask_timeline_{dataset}.png")
+                sets = [t for t in cfg.train_sets if t != "real"] if kind == cfg.cgn else ["real+cf"]
+                for ts in sets:
+                    gen = self.generated(dataset, kind, ckpt, ref, n, counterfactual=ts != "real+gan")
+                    res = self.classifier(dataset, kind, ts, gen, n)
+                    self.rows.append(self.row(dataset, kind, ts, n, res))
+                if kind == cfg.cgn:
+                    self.samples_figure(dataset, self.generated(dataset, kind, ckpt, ref, n, True)
+                                        if any(t in ("real+cf", "cf") for t in sets) else None)
+                for size in cfg.ablation_sizes if kind == cfg.cgn else []:
+                    gen = self.generated(dataset, kind, ckpt, ref, size, True)
+                    res = self.classifier(dataset, kind, "real+cf", gen, size)
+                    self.rows.append({**self.row(dataset, kind, "real+cf", size, res), "ablation": "n_counterfactuals"})
+            self.write_tables()
+        self.write_tables()
+        return self.rows
+
+    # -- outputs -------------------------------------------------------------------------------
+    def samples_figure(self, dataset: str, generated: Path | None) -> None:
+        from cgn.mnist.preview import make_grid, save_png, stack_vertical, titled
+        real = variants.load_split(dataset, "train", seed=self.cfg.data_seed,
+                                   textures=self.cfg.textures if dataset == "wildlife-mnist" else None,
+                                threads=self.cfg.threads)
+        panels = [titled(make_grid(real["images"][:20], 10), f"{dataset}: real training images", 2)]
+        if generated is not None:
+            ds = CounterfactualSet(generated)
+            panels.append(titled(make_grid(ds.images(np.arange(min(20, len(ds)))), 10),
+                                 f"counterfactuals ({self.cfg.cgn} CGN): shape label per group of "
+                                 f"{self.cfg.cf_ratio}", 2))
+        save_png(self.out / f"samples_{dataset}.png", stack_vertical(panels))
+
+    def write_tables(self) -> None:
+        main = [r for r in self.rows if "ablation" not in r and r["cgn"] != "trained+ssim"]
+        write_json_atomic(self.out / "table3.json", main)
+        write_text_atomic(self.out / "table3.md", table3_markdown(main, self.command))
+        abl = [r for r in self.rows if r.get("ablation") == "n_counterfactuals"]
+        if abl:
+            write_json_atomic(self.out / "ablation_n_counterfactuals.json", abl)
+            write_text_atomic(self.out / "ablation_n_counterfactuals.md", ablation_markdown(abl))
+            ablation_plot(abl, self.out / "ablation_n_counterfactuals.png")
+        ssim = [r for r in self.rows if r["train_set"] == "real+cf" and "ablation" not in r]
+        if self.cfg.ssim_weight is not None and ssim:
+            write_json_atomic(self.out / "table4.json", ssim)
+            write_text_atomic(self.out / "table4.md", table4_markdown(ssim, self.cfg.ssim_weight))
+
+
+def _fmt(v) -> str:
+    return "?" if v is None else f"{v:.2f}".rstrip("0").rstrip(".") if isinstance(v, float) else str(v)
+
+
+SET_NAMES = {"real": "Original", "real+gan": "Original + GAN", "real+cf": "Original + CGN", "cf": "CGN only"}
+
+
+def table3_markdown(rows: list[dict], command: str) -> str:
+    ds = [d for d in published.DATASETS if any(r["dataset"] == d for r in rows)]
+    head = "| training data | source | " + " | ".join(ds) + " |\n|---|---|" + "---|" * len(ds) + "\n"
+    lines = []
+    for (source, ts), vals in published.PUBLISHED.items():
+        cells = [f"{_fmt(vals[d][0])} / {_fmt(vals[d][1])}" for d in ds]
+        lines.append(f"| {SET_NAMES[ts]} | {source} | " + " | ".join(cells) + " |")
+    keys = []
+    for r in rows:
+        k = (r["train_set"], r["cgn"], r["n_counterfactuals"])
+        if k not in keys:
+            keys.append(k)
+    for ts, cgn, n in keys:
+        cells = []
+        for d in ds:
+            hit = [r for r in rows if (r["train_set"], r["cgn"], r["n_counterfactuals"], r["dataset"]) == (ts, cgn, n, d)]
+            cells.append(f"**{_fmt(hit[0]['train_acc'])} / {_fmt(hit[0]['test_acc'])}**" if hit else "–")
+        src = "cgn (this run)" + (f", {cgn} CGN, {n:,} images" if cgn else "")
+        lines.append(f"| {SET_NAMES[ts]} | {src} | " + " | ".join(cells) + " |")
+    return ("# MNIST: train / OOD-test accuracy (%)\n\n" + head + "\n".join(lines) +
+            f"\n\nOurs in bold. Command: `{command}`\n")
+
+
+def ablation_markdown(rows: list[dict]) -> str:
+    out = "| dataset | CGN | counterfactuals | train acc | OOD test acc |\n|---|---|---|---|---|\n"
+    for r in sorted(rows, key=lambda r: (r["dataset"], r["n_counterfactuals"])):
+        out += f"| {r['dataset']} | {r['cgn']} | {r['n_counterfactuals']:,} | {r['train_acc']:.2f} | {r['test_acc']:.2f} |\n"
+    return "# OOD accuracy vs number of counterfactuals (Original + CGN)\n\n" + out
+
+
+def ablation_plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for d in sorted({r["dataset"] for r in rows}):
+        pts = sorted((r["n_counterfactuals"], r["test_acc"]) for r in rows if r["dataset"] == d)
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=d)
+    ax.set_xscale("log")
+    ax.set_xlabel("counterfactual images")
+    ax.set_ylabel("OOD test accuracy (%)")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    from cgn.io import atomic_write
+    with atomic_write(path) as f:
+        fig.savefig(f, format="png", dpi=120)
+    plt.close(fig)
+
+
+def table4_markdown(rows: list[dict], weight: float) -> str:
+    ds = [d for d in published.DATASETS if any(r["dataset"] == d for r in rows)]
+    out = "| CGN | " + " | ".join(ds) + " |\n|---|" + "---|" * len(ds) + "\n"
+    for kind, label in (("reference", "authors' CGNs (study)"), ("trained", "own CGNs (study)")):
+        out += f"| {label} | " + " | ".join(_fmt(published.STUDY_SSIM[kind][d]) for d in ds) + " |\n"
+    for kind in sorted({r["cgn"] for r in rows}):
+        cells = [next((_fmt(r["test_acc"]) for r in rows if r["cgn"] == kind and r["dataset"] == d), "–") for d in ds]
+        label = f"{kind} (this run" + (f", SSIM weight {weight}" if kind == "trained+ssim" else "") + ")"
+        out += f"| {label} | " + " | ".join(f"**{c}**" for c in cells) + " |\n"
+    return "# SSIM-loss ablation: OOD test accuracy (%), Original + CGN\n\n" + out
+
+
+def command_line(argv: list[str] | None = None) -> str:
+    return "cgn " + " ".join((argv if argv is not None else sys.argv[1:]))
+
+
+def quick_config(**overrides) -> ReproduceConfig:
+    return replace(ReproduceConfig(**QUICK), **overrides)
