@@ -25,6 +25,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data-seed", type=int, default=d.data_seed, help="seed of the fixed OOD test set")
     p.add_argument("--textures", default=None, metavar="DIR", help="wildlife texture folder")
     p.add_argument("--official-test", action="store_true")
+    p.add_argument("--precision", choices=["bf16", "fp32"], default=d.precision,
+                   help="bf16 autocast (default) or fp32 training")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--limit-real", type=int, default=None, metavar="N",
+                   help="use only the first N real training images (smoke tests)")
+    p.add_argument("--max-steps", type=int, default=None,
+                   help="stop (with a checkpoint) after this many steps; --resume continues")
     p.add_argument("--device", default="auto")
     p.add_argument("--out", required=True, metavar="RUN_DIR")
     p.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR")
@@ -48,8 +55,12 @@ def _train(args) -> int:
         "dataset": args.dataset, "train_set": args.train_set, "generated": args.generated,
         "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
         "data_seed": args.data_seed, "textures": args.textures, "official_test": args.official_test,
+        "precision": args.precision, "threads": args.threads, "limit_real": args.limit_real,
         "device": args.device})
-    result = train_classifier(cfg, args.out, resume=args.resume)
+    result = train_classifier(cfg, args.out, resume=args.resume, max_steps=args.max_steps)
+    if "interrupted_at_step" in result:
+        print(json.dumps(result))
+        return 0
     print(json.dumps({k: result[k] for k in ("dataset", "train_set", "train_acc", "test_acc")}))
     return 0
 

@@ -43,6 +43,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--ssim-weight", type=float, default=None,
                    help="SSIM ablation (study's Table 4): also train CGNs with this SSIM loss weight")
     m.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
+    m.add_argument("--limit-real", type=int, default=None, metavar="N",
+                   help="use only the first N real training images (smoke tests and probes)")
     m.add_argument("--quick", action="store_true",
                    help=f"the README's quick run: {QUICK} (explicit options still apply)")
     m.add_argument("--out", required=True, metavar="RUN_DIR")
@@ -61,7 +63,7 @@ def run(args) -> int:
     opts = {"cgn": cgn[0], "reference_dir": cgn[1] if len(cgn) == 2 else None,
             "cf_ratio": args.cf_ratio, "seed": args.seed, "textures": args.textures,
             "precision": args.precision, "ssim_weight": args.ssim_weight,
-            "threads": args.threads}
+            "threads": args.threads, "limit_real": args.limit_real}
     if args.size is not None:
         opts["n_counterfactuals"] = args.size
     if args.epochs is not None:

@@ -54,6 +54,7 @@ class ClassifierConfig:
     train_eval_size: int = 10_000        # training images scored for "train accuracy"
     precision: Literal["bf16", "fp32"] = "bf16"  # bf16 autocast (channels-last; AMX/AVX-512 CPUs)
     threads: int = 0                     # torch CPU threads (0: torch's default)
+    limit_real: int | None = None        # use only the first N real training images (tests, probes)
     device: str = "auto"
 
     def __post_init__(self):
@@ -65,6 +66,8 @@ class ClassifierConfig:
               "(from `cgn generate`)")
         check(self.epochs >= 1 and self.batch_size >= 1, "epochs and batch_size must be >= 1")
         check(self.lr > 0 and 0 < self.gamma <= 1, "lr must be > 0 and gamma in (0, 1]")
+        check(self.limit_real is None or self.limit_real >= 1, "limit_real must be >= 1")
+        check(self.precision in ("bf16", "fp32"), "precision must be bf16 or fp32")
 
 
 class ArrayImages(Dataset):
@@ -124,8 +127,9 @@ def training_set(cfg: ClassifierConfig) -> tuple[Dataset, dict]:
     parts, info = [], {"train_set": cfg.train_set}
     if cfg.train_set in ("real", "real+gan", "real+cf"):
         real = _split(cfg, "train")
-        parts.append(ArrayImages.arrays(real["images"], real["labels"]))
-        info["n_real"] = len(real["labels"])
+        n = len(real["labels"]) if cfg.limit_real is None else min(cfg.limit_real, len(real["labels"]))
+        parts.append(ArrayImages.arrays(real["images"][:n], real["labels"][:n]))
+        info["n_real"] = n
     if cfg.train_set != "real":
         gen = CounterfactualSet(cfg.generated)
         want_cf = cfg.train_set in ("real+cf", "cf")

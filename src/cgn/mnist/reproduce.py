@@ -56,6 +56,7 @@ class ReproduceConfig:
     ablation_sizes: list[int] = field(default_factory=list)  # e.g. [10000, 100000, 1000000]
     ssim_weight: float | None = None     # also train CGNs with this SSIM weight (Table 4)
     threads: int = 0                     # torch CPU threads (0: torch's default)
+    limit_real: int | None = None        # only the first N real training images (tests, probes)
 
     def __post_init__(self):
         for d in self.datasets:
@@ -100,6 +101,8 @@ class Reproduction:
                    "train.threads": self.cfg.threads}
         if self.cfg.cgn_steps is not None:
             changes["train.max_steps"] = self.cfg.cgn_steps
+        if self.cfg.limit_real is not None:
+            changes["train.limit_train"] = max(self.cfg.limit_real, cfg.train.batch_size)
         if kind == "trained+ssim":
             changes["loss.ssim_weight"] = self.cfg.ssim_weight
         cfg = override(cfg, changes)
@@ -142,7 +145,7 @@ class Reproduction:
                                 generated=None if generated is None else str(generated),
                                 epochs=self.cfg.epochs, seed=self.cfg.seed, data_seed=self.cfg.data_seed,
                                 textures=self.cfg.textures if dataset == "wildlife-mnist" else None,
-                                threads=self.cfg.threads)
+                                threads=self.cfg.threads, limit_real=self.cfg.limit_real)
         t0 = time.perf_counter()
         res = train_classifier(ccfg, out, resume=True)
         self.run.log(f"[{dataset}] classifier {train_set} ({kind or 'no CGN'}, n={n:,}): train "
@@ -191,7 +194,7 @@ class Reproduction:
         from cgn.mnist.preview import make_grid, save_png, stack_vertical, titled
         real = variants.load_split(dataset, "train", seed=self.cfg.data_seed,
                                    textures=self.cfg.textures if dataset == "wildlife-mnist" else None,
-                                threads=self.cfg.threads)
+                                threads=self.cfg.threads, limit_real=self.cfg.limit_real)
         panels = [titled(make_grid(real["images"][:20], 10), f"{dataset}: real training images", 2)]
         if generated is not None:
             ds = CounterfactualSet(generated)

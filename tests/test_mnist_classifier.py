@@ -1,0 +1,77 @@
+"""The MNIST classifier: architecture, training through the CLI with resume, `cgn classify`."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from cgn.cli import main
+from cgn.core.checkpoint import load_checkpoint
+from cgn.mnist.classifier import MnistClassifier
+from conftest import require_mnist
+
+
+def test_architecture_shapes():
+    m = MnistClassifier()
+    out = m(torch.randn(5, 3, 32, 32))
+    assert out.shape == (5, 10)
+    assert torch.allclose(out.exp().sum(1), torch.ones(5), atol=1e-5)
+    assert sum(p.numel() for p in m.parameters()) == 6 + (3 * 32 * 25 + 32) + (32 * 32 * 9 + 32) + \
+        (32 * 64 * 9 + 64) + (64 * 64 * 9 + 64) + (64 * 10 + 10)
+
+
+def _train(out, *extra):
+    return main(["train-classifier", "--dataset", "double-colored-mnist", "--train-set", "real",
+                 "--limit-real", "640", "--epochs", "2", "--threads", "1", "--out", str(out), *extra])
+
+
+def test_train_resume_classify(tmp_path, capsys):
+    require_mnist()
+    full, part = tmp_path / "full", tmp_path / "part"
+    assert _train(full) == 0
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert res["train_set"] == "real" and 0 <= res["test_acc"] <= 100
+    # Interrupted after 13 steps (mid-epoch), then resumed: identical weights and result.
+    assert _train(part, "--max-steps", "13") == 0
+    assert "interrupted_at_step" in capsys.readouterr().out
+    assert _train(part, "--resume") == 0
+    capsys.readouterr()
+    a = load_checkpoint(full / "checkpoints" / "last.pt")["model"]
+    b = load_checkpoint(part / "checkpoints" / "last.pt")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    ra, rb = (json.loads((d / "result.json").read_text()) for d in (full, part))
+    assert ra["test_acc"] == rb["test_acc"] and ra["train_acc"] == rb["train_acc"]
+    metrics = [json.loads(l) for l in (full / "metrics.jsonl").read_text().splitlines()]
+    assert any("eval/test_acc" in r for r in metrics)
+
+    # cgn classify on an exported split: accuracy against the file's labels + predictions file.
+    npz = tmp_path / "test.npz"
+    assert main(["data", "build", "double-colored-mnist", "--split", "test", "--out", str(npz)]) == 0
+    capsys.readouterr()
+    preds = tmp_path / "pred.npz"
+    assert main(["classify", "--checkpoint", str(full / "checkpoints" / "last.pt"), "--images", str(npz),
+                 "--predictions", str(preds)]) == 0
+    out = json.loads(capsys.readouterr().out.strip())
+    assert out["n"] == 10000 and abs(out["accuracy"] - ra["test_acc"]) < 1e-6
+    with np.load(preds) as z:
+        assert z["predictions"].shape == (10000,) and "fg_class" in z.files
+        assert abs(100 * np.mean(z["predictions"] == z["labels"]) - out["accuracy"]) < 1e-3
+
+
+def test_classify_errors(tmp_path, capsys):
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, images=np.zeros((2, 28, 28), dtype=np.uint8))
+    net = MnistClassifier()
+    from cgn.core.checkpoint import save_checkpoint
+    save_checkpoint(tmp_path / "c.pt", kind="mnist-classifier", step=0, config={}, model=net.state_dict())
+    assert main(["classify", "--checkpoint", str(tmp_path / "c.pt"), "--images", str(bad)]) == 2
+    assert "must be uint8 [N, 32, 32, 3]" in capsys.readouterr().err
+    save_checkpoint(tmp_path / "g.pt", kind="mnist-cgn", step=0, config={}, model={})
+    assert main(["classify", "--checkpoint", str(tmp_path / "g.pt"), "--images", str(bad)]) == 2
+    assert "'mnist-classifier' checkpoint is needed" in capsys.readouterr().err
+    assert main(["train-classifier", "--dataset", "colored-mnist", "--train-set", "real+cf",
+                 "--out", str(tmp_path / "r")]) == 2
+    assert "--generated DIR" in capsys.readouterr().err
