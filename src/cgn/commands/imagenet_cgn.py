@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -108,7 +109,7 @@ def _train(args: argparse.Namespace) -> int:
     cfg = override(cfg, sets)
     cfg = override(cfg, args.set)
     records = train(cfg, args.out, resume=args.resume, device=args.device, quiet=args.quiet)
-    if records:
+    if records and os.environ.get("RANK", "0") == "0":
         print(json.dumps(records[-1]))
     return 0
 

@@ -189,9 +189,15 @@ class Trainer:
         self.model.train()
         self.net: torch.nn.Module = self.model
         if self.ctx.enabled:
+            import inspect
+
             from torch.nn.parallel import DistributedDataParallel as DDP
+            # Sync everything once at start, not the (large, constant) buffers at every step.
+            no_buf = ({"forward_sync_buffers": False}
+                      if "forward_sync_buffers" in inspect.signature(DDP).parameters
+                      else {"broadcast_buffers": False})
             self.net = DDP(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                           broadcast_buffers=False)
+                           **no_buf)
         self.u_fixed, self.u_fixed_source = fixed_noise(cfg, self.model.z_dim)
         if self.ctx.is_main and ckpt is None:
             self._log(f"ImageNet CGN: preset {cfg.preset}, BigGAN {cfg.model.biggan or 'random ' + cfg.model.biggan_arch}, "
@@ -208,33 +214,44 @@ class Trainer:
             self._pending.append(msg)
 
     # -- one update ------------------------------------------------------------------------------
-    def train_episode(self) -> dict[str, float]:
-        cfg, t = self.cfg, self.cfg.train
-        sums = torch.zeros(len(LOSS_NAMES) + 1, dtype=torch.float64)
-        t0 = time.perf_counter()
-        for micro in range(t.batch_acc):
-            g = step_generator(t.seed, self.episode, micro, self.ctx.rank)
-            classes = torch.randint(self.model.n_classes, (t.batch_size,), generator=g)
-            u = truncated_noise(t.batch_size, self.model.z_dim, t.truncation, g).to(self.device)
-            y = self.model.class_vector(classes)
-            sync = micro == t.batch_acc - 1 or not self.ctx.enabled
-            ctx = contextlib.nullcontext() if sync else self.net.no_sync()  # type: ignore[operator]
-            with ctx:
-                out = self.net(u, y, y, y, t.truncation)
-                terms = self.losses(out.composite(), out.x_gt, out.mask, out.foreground,
-                                    out.background_mask, generator=g)
-                total = terms.total()
-                if not torch.isfinite(total):
-                    raise CGNError(f"non-finite loss at episode {self.episode}, micro-step {micro}: "
-                                   + ", ".join(f"{k}={v.item():.4g}" for k, v in terms.weighted.items())
-                                   + "; lower the learning rates or check the weights")
-                (total / t.batch_acc).backward()
-            sums += torch.tensor([v.item() for v in terms.weighted.values()] + [out.mask.mean().item()],
-                                 dtype=torch.float64)
+    def micro_step(self, micro: int, rank: int, scale: float, sync: bool = True) -> torch.Tensor:
+        """Forward and backward of one micro-step's samples (those of ``rank``), loss × ``scale``.
+
+        Returns the weighted loss terms and the mean mask, as a float64 vector (for logging).
+        """
+        t = self.cfg.train
+        g = step_generator(t.seed, self.episode, micro, rank)
+        classes = torch.randint(self.model.n_classes, (t.batch_size,), generator=g)
+        u = truncated_noise(t.batch_size, self.model.z_dim, t.truncation, g).to(self.device)
+        y = self.model.class_vector(classes)
+        ctx = contextlib.nullcontext() if sync or not self.ctx.enabled else self.net.no_sync()  # type: ignore[operator]
+        with ctx:
+            out = self.net(u, y, y, y, t.truncation)
+            terms = self.losses(out.composite(), out.x_gt, out.mask, out.foreground,
+                                out.background_mask, generator=g)
+            total = terms.total()
+            if not torch.isfinite(total):
+                raise CGNError(f"non-finite loss at episode {self.episode}, micro-step {micro}: "
+                               + ", ".join(f"{k}={v.item():.4g}" for k, v in terms.weighted.items())
+                               + "; lower the learning rates or check the weights")
+            (total * scale).backward()
+        return torch.tensor([v.item() for v in terms.weighted.values()] + [out.mask.mean().item()],
+                            dtype=torch.float64)
+
+    def step_optimizers(self) -> None:
         for opt in self.opts.values():
             opt.step()
             opt.zero_grad(set_to_none=True)
         self.episode += 1
+
+    def train_episode(self) -> dict[str, float]:
+        t = self.cfg.train
+        sums = torch.zeros(len(LOSS_NAMES) + 1, dtype=torch.float64)
+        t0 = time.perf_counter()
+        for micro in range(t.batch_acc):
+            sums += self.micro_step(micro, self.ctx.rank, 1.0 / t.batch_acc,
+                                    sync=micro == t.batch_acc - 1)
+        self.step_optimizers()
         means = self.ctx.mean(sums / t.batch_acc)
         rec = {"step": self.episode}
         rec.update({f"loss/{k}": float(v) for k, v in zip(LOSS_NAMES, means[:-1])})
