@@ -290,3 +290,18 @@ def test_cli_train_generate_metrics(tmp_path, capsys):
     # the paper preset refuses to start without pretrained weights, with a one-line reason
     assert main(["imagenet", "train", "--out", str(tmp_path / "x")]) == 2
     assert "cgn download biggan-deep-256" in capsys.readouterr().err
+
+
+def test_cli_resume_keeps_the_runs_config(tmp_path, capsys):
+    out = tmp_path / "run"
+    sets = ["--set", "model.tiny_resolution=8", "--set", "loss.text_work_size=8",
+            "--set", "loss.text_top=10"]
+    assert main(["imagenet", "train", "--preset", "tiny", "--out", str(out), "--episodes", "1",
+                 "--batch-acc", "1", "--quiet", *sets]) == 0
+    # no --preset, no --set: the stored tiny config is used, only the length changes
+    assert main(["imagenet", "train", "--out", str(out), "--resume", "--episodes", "2", "--quiet"]) == 0
+    ck = load_checkpoint(out / "checkpoints/last.pt", kind="imagenet-cgn")
+    assert ck["step"] == 2 and ck["config"]["model"]["tiny_resolution"] == 8
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
+    assert main(["imagenet", "train", "--preset", "tiny", "--out", str(out), "--quiet"]) == 2
+    assert "--resume" in capsys.readouterr().err

@@ -84,21 +84,37 @@ def _train(args: argparse.Namespace) -> int:
     from cgn.imagenet.train import train
     from cgn.imagenet.weights import resolve_weight
 
+    resume_only = args.resume and (Path(args.out) / "checkpoints" / "last.pt").is_file()
+    if resume_only:
+        # The run's own config; only its length (--episodes / --set train.episodes) may change.
+        from cgn.config import from_dict
+        from cgn.imagenet.config import ImageNetCGNConfig
+        stored = json.loads((Path(args.out) / "config.json").read_text())["config"]
+        cfg = from_dict(ImageNetCGNConfig, stored)
+        if args.episodes is not None:
+            cfg = override(cfg, {"train.episodes": args.episodes})
+        cfg = override(cfg, [a for a in args.set if a.split("=", 1)[0].strip() == "train.episodes"])
+        records = train(cfg, args.out, resume=True, device=args.device, quiet=args.quiet)
+        if records and os.environ.get("RANK", "0") == "0":
+            print(json.dumps(records[-1]))
+        return 0
     cfg = preset(args.preset)
     sets: dict[str, object] = {}
-    resume_only = args.resume and (Path(args.out) / "checkpoints" / "last.pt").is_file()
     tiny = cfg.model.biggan_arch == "tiny" and not args.biggan
-    if not resume_only:
-        if args.cgn:
-            sets["model.cgn"] = resolve_weight(args.cgn, "cgn", required=True)
-        need = not (args.random_init or tiny or args.cgn)
-        for kind in ("biggan", "u2net"):
-            v = resolve_weight(getattr(args, kind), kind, required=need, directory=args.weights_dir)
-            if v and not args.random_init:
-                sets[f"model.{kind}"] = v
-        vgg = resolve_weight(args.vgg16, "vgg16", required=False, directory=args.weights_dir)
-        if vgg:
-            sets["loss.vgg16"] = vgg
+    if args.cgn:
+        sets["model.cgn"] = resolve_weight(args.cgn, "cgn", required=True)
+    # Downloaded defaults are used only for the full-size model; random weights only when
+    # asked for (--random-init, the tiny preset) or when --cgn provides every weight.
+    explicit_only = args.random_init or tiny
+    need = not (explicit_only or args.cgn)
+    for kind in ("biggan", "u2net", "vgg16"):
+        given = getattr(args, kind)
+        if explicit_only and not given:
+            continue
+        v = resolve_weight(given, kind, required=need and kind != "vgg16",
+                           directory=args.weights_dir)
+        if v:
+            sets["loss.vgg16" if kind == "vgg16" else f"model.{kind}"] = v
     for opt, key in (("feature_extractor", "loss.feature_extractor"), ("episodes", "train.episodes"),
                      ("batch_acc", "train.batch_acc"), ("batch_size", "train.batch_size"),
                      ("seed", "train.seed")):
