@@ -128,7 +128,10 @@ def load_inception(source: str = "auto", allow_download: bool = False) -> ImageN
         from cgn.core.checkpoint import load_state_dict_strict, torch_load
         net = build()
         load_state_dict_strict(net, torch_load(path, what="Inception-v3 weights"), f"Inception weights {path}")
-        return ImageNetClassifier(net, description=f"inception-v3 torchvision ImageNet ({path.name})")
+        from cgn.io import file_digest
+        kind = "torchvision ImageNet" if path.name == INCEPTION_FILE else "weights from"
+        return ImageNetClassifier(net, description=f"inception-v3 {kind} {path} "
+                                                   f"(sha256 {file_digest(path)[:16]})")
     if allow_download:
         state = torch.hub.load_state_dict_from_url(INCEPTION_URL, progress=False, check_hash=True,
                                                    map_location="cpu", weights_only=True)
