@@ -132,11 +132,12 @@ class DistContext:
         if self.enabled:
             dist.barrier()
 
-    def mean(self, values: torch.Tensor) -> torch.Tensor:
+    def mean(self, values: torch.Tensor, device: torch.device | None = None) -> torch.Tensor:
+        """Mean over processes (NCCL reduces on the GPU, gloo on the CPU)."""
         if self.enabled:
-            values = values.clone()
-            dist.all_reduce(values)
-            values /= self.world_size
+            work = values.to(device or values.device, copy=True)
+            dist.all_reduce(work)
+            values = work.cpu() / self.world_size
         return values
 
 
@@ -252,7 +253,7 @@ class Trainer:
             sums += self.micro_step(micro, self.ctx.rank, 1.0 / t.batch_acc,
                                     sync=micro == t.batch_acc - 1)
         self.step_optimizers()
-        means = self.ctx.mean(sums / t.batch_acc)
+        means = self.ctx.mean(sums / t.batch_acc, self.device)
         rec = {"step": self.episode}
         rec.update({f"loss/{k}": float(v) for k, v in zip(LOSS_NAMES, means[:-1])})
         rec["loss/total"] = float(means[:-1].sum())
