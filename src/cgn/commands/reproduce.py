@@ -81,7 +81,7 @@ def run(args) -> int:
             raise CGNError(f"--ablation-sizes {args.ablation_sizes!r}: give numbers like 1e4,1e5") from None
     from cgn.mnist.reproduce import ReproduceConfig
     cfg = from_dict(ReproduceConfig, {**base, **opts})
-    rep = Reproduction(cfg, args.out, command_line())
+    rep = Reproduction(cfg, args.out, command_line(args.argv))
     rep.run_all()
     print((rep.out / "table3.md").read_text())
     return 0

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -193,8 +192,7 @@ class Reproduction:
     def samples_figure(self, dataset: str, generated: Path | None) -> None:
         from cgn.mnist.preview import make_grid, save_png, stack_vertical, titled
         real = variants.load_split(dataset, "train", seed=self.cfg.data_seed,
-                                   textures=self.cfg.textures if dataset == "wildlife-mnist" else None,
-                                threads=self.cfg.threads, limit_real=self.cfg.limit_real)
+                                   textures=self.cfg.textures if dataset == "wildlife-mnist" else None)
         panels = [titled(make_grid(real["images"][:20], 10), f"{dataset}: real training images", 2)]
         if generated is not None:
             ds = CounterfactualSet(generated)
@@ -287,8 +285,9 @@ def table4_markdown(rows: list[dict], weight: float) -> str:
     return "# SSIM-loss ablation: OOD test accuracy (%), Original + CGN\n\n" + out
 
 
-def command_line(argv: list[str] | None = None) -> str:
-    return "cgn " + " ".join((argv if argv is not None else sys.argv[1:]))
+def command_line(argv: list[str]) -> str:
+    import shlex
+    return "cgn " + shlex.join(argv)
 
 
 def quick_config(**overrides) -> ReproduceConfig:
