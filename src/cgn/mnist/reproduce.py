@@ -164,6 +164,7 @@ class Reproduction:
         kinds = [cfg.cgn] + (["trained+ssim"] if cfg.ssim_weight is not None else [])
         n = cfg.n_counterfactuals
         for dataset in cfg.datasets:
+            self.run.log(f"[{dataset}] start", echo=False)
             if "real" in cfg.train_sets:
                 self.rows.append(self.row(dataset, None, "real", 0, self.classifier(dataset, None, "real", None, 0)))
             for kind in kinds:
