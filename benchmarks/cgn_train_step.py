@@ -110,6 +110,28 @@ def time_style(tr: Trainer, n: int) -> float:
     return statistics.median(ts)
 
 
+def bf16_fidelity(tr: Trainer, n: int = 4) -> tuple[float, float]:
+    """bf16 vs fp32 style loss on real batches against generated ones: worst relative loss
+    difference and worst cosine similarity of the gradients w.r.t. the generated images."""
+    fp32 = StyleLoss(tr.extractor, tr.cfg.loss.style_weights, autocast_bf16=False)
+    bf16 = StyleLoss(tr.extractor, tr.cfg.loss.style_weights, autocast_bf16=True)
+    worst_rel, worst_cos = 0.0, 1.0
+    for i in range(n):
+        x_real, _ = tr.data.batch(torch.arange(i * 16, (i + 1) * 16), tr.device)
+        with torch.no_grad():
+            x_gen = tr.G(**tr.G.sample_inputs(16, torch.Generator().manual_seed(i))).composite
+        grads, losses = [], []
+        for loss_fn in (fp32, bf16):
+            g = x_gen.clone().requires_grad_()
+            loss, _ = loss_fn(g, x_real)
+            loss.backward()
+            grads.append(g.grad.flatten())
+            losses.append(float(loss))
+        worst_rel = max(worst_rel, abs(losses[1] - losses[0]) / max(abs(losses[0]), 1e-12))
+        worst_cos = min(worst_cos, float(torch.nn.functional.cosine_similarity(grads[0], grads[1], dim=0)))
+    return worst_rel, worst_cos
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--presets", nargs="+", default=list(IMAGES))
@@ -148,10 +170,14 @@ def main() -> None:
             for m, tr in trainers.items():
                 med = statistics.median(times[m])
                 style = time_style(tr, 10)
+                extra = ""
+                if m == "ours-bf16":
+                    rel, cos = bf16_fidelity(tr)
+                    extra = f"  [bf16 vs fp32 style loss: rel. diff <= {rel:.3f}, gradient cosine >= {cos:.4f}]"
                 print(f"  {m:14s} {med:.3f} s/step (x{base / med:.2f} vs {args.modes[0]}, "
                       f"x{ORIGINAL_SEC_PER_STEP[preset] / med:.2f} vs original code)  style loss "
                       f"{style:.3f} s ({100 * style / med:.0f} %)  15 epochs: {full * med / 3600:.2f} h  "
-                      f"recipe: {recipe * med / 60:.1f} min")
+                      f"recipe: {recipe * med / 60:.1f} min{extra}")
     print(f"\nload average at the end {os.getloadavg()}")
 
 

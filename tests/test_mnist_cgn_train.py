@@ -135,3 +135,17 @@ def test_print_config_and_recipe(capsys):
     cfg = json.loads(capsys.readouterr().out)
     assert cfg["model"]["disc"] == "conv" and cfg["loss"]["ssim_weight"] == 0.5
     assert cfg["train"]["max_steps"] is not None
+
+
+def test_conv_discriminator_ssim_and_border_losses(tmp_path):
+    require_mnist()
+    out = tmp_path / "conv"
+    args = ["train-cgn", "--preset", "double-colored-mnist", "--steps", "2", "--limit-train", "32",
+            "--feature-extractor", "random", "--ssim-weight", "1", "--border-weight", "1",
+            "--set", "model.disc=conv", "--set", "model.ndf=8", "--set", "train.log_every=1",
+            "--set", "train.eval_samples=20", "--set", "train.shape_judge=false", "--out", str(out)]
+    assert main(args) == 0
+    rows = _losses(out)
+    assert len(rows) == 2 and rows[0]["g_ssim"] > 0 and rows[0]["g_border"] > 0
+    results = json.loads((out / "results.json").read_text())
+    assert {"fg_colour_accuracy", "bg_colour_accuracy"} <= set(results)

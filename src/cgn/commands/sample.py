@@ -23,6 +23,8 @@ import torch
 
 from cgn.errors import CGNError
 
+GRID_MAX = 100  # samples shown by --grid
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("sample", help="sample (counterfactual) images from an MNIST CGN",
@@ -63,7 +65,7 @@ def parse_labels(spec: str, n: int, n_classes: int, rng: np.random.Generator, na
 
 def run(args: argparse.Namespace) -> int:
     from cgn.core.device import resolve_device
-    from cgn.core.sampling import mechanism_seeds, sample, to_uint8
+    from cgn.core.sampling import CGNSample, iter_samples, mechanism_seeds, to_uint8
     from cgn.io import save_npz_atomic
     from cgn.mnist.model import load_generator
 
@@ -78,16 +80,22 @@ def run(args: argparse.Namespace) -> int:
     labels = {name: parse_labels(getattr(args, name), args.n, model.n_classes, rng, name)
               for name in ("shape", "texture", "background")}
     seeds = mechanism_seeds(args.seed)
-    s = sample(model, args.n, torch.from_numpy(labels["shape"]), torch.from_numpy(labels["texture"]),
-               torch.from_numpy(labels["background"]), seeds=seeds, batch_size=args.batch_size,
-               device=device, desc="cgn sample")
+    images, masks, head = [], [], []
+    for part in iter_samples(model, args.n, torch.from_numpy(labels["shape"]),
+                             torch.from_numpy(labels["texture"]), torch.from_numpy(labels["background"]),
+                             seeds=seeds, batch_size=args.batch_size, device=device, desc="cgn sample"):
+        images.append(to_uint8(part.composite))                 # [b, 32, 32, 3] uint8
+        masks.append(part.mask[:, 0].numpy().astype(np.float32))  # [b, 32, 32]
+        if sum(len(h) for h in head) < GRID_MAX:
+            head.append(part)
     meta = {"checkpoint": info, "seed": args.seed, "mechanism_seeds": seeds, "n": args.n}
-    save_npz_atomic(out, images=to_uint8(s.composite), masks=s.mask[:, 0].numpy().astype(np.float32),
+    save_npz_atomic(out, images=np.concatenate(images), masks=np.concatenate(masks),
                     shape_labels=labels["shape"], texture_labels=labels["texture"],
                     background_labels=labels["background"], meta=np.array(json.dumps(meta)))
     if args.grid:
         from cgn.mnist.preview import make_grid, save_png, stack_vertical, titled
-        k = min(args.n, 100)
+        s = CGNSample.cat(head)
+        k = min(args.n, GRID_MAX)
         ncol = min(k, 10)
         mask_img = to_uint8(s.mask[:k].expand(-1, 3, -1, -1) * 2 - 1)
         panels = [titled(make_grid(to_uint8(s.composite[:k]), ncol), "composite", 2),

@@ -41,6 +41,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="bfloat16 autocast for the VGG16 forward")
     p.add_argument("--seed", type=int, help="training seed (default 0)")
     p.add_argument("--data-seed", type=int, help="seed the training split is built with (default 0)")
+    p.add_argument("--textures", help="wildlife-mnist: texture folder with object/ and background/ "
+                                      "(e.g. ../shared/data/cgn_reference/textures)")
     p.add_argument("--limit-train", type=int, help="use only the first N training images")
     p.add_argument("--device", help="auto | cpu | cuda[:N]")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
@@ -55,7 +57,7 @@ _FLAG_FIELDS = {
     "ssim_weight": "loss.ssim_weight", "border_weight": "loss.border_weight",
     "feature_extractor": "loss.feature_extractor", "allow_download": "loss.allow_download",
     "bf16": "loss.bf16", "seed": "train.seed", "data_seed": "train.data_seed",
-    "limit_train": "train.limit_train", "device": "train.device", "threads": "train.threads",
+    "limit_train": "train.limit_train", "textures": "train.textures", "device": "train.device", "threads": "train.threads",
 }
 
 

@@ -77,6 +77,8 @@ class TrainConfig:
     dataset: Literal["colored-mnist", "double-colored-mnist", "wildlife-mnist"] = field(
         default="double-colored-mnist", metadata={"help": "training data (cgn.mnist.variants)"})
     data_seed: int = field(default=0, metadata={"help": "seed the dataset was built with"})
+    textures: str | None = field(default=None, metadata={
+        "help": "wildlife texture folder (object/, background/); None: the variants' default set"})
     epochs: int = field(default=15, metadata={"help": "passes over the training set"})
     max_steps: int | None = field(default=None, metadata={
         "help": "stop after this many generator steps (overrides epochs when set)"})
@@ -141,17 +143,17 @@ _RECIPE_COMMON = {"loss.bf16": True}
 
 PRESETS: dict[str, Preset] = {p.name: p for p in [
     _preset("colored-mnist", 0.1, [0.05, 0.1, 0.01, 0.0], "linear", "orthogonal", 0.1, 512,
-            {**_RECIPE_COMMON, "train.max_steps": 6000},
+            {**_RECIPE_COMMON, "train.max_steps": 8000},
             "the authors' colored-MNIST CGN: masks of mean ~0.1-0.25 per class, digits in the "
             "class colours of SPEC section 3 (15 epochs, ~4 h on 2 CPU cores at 0.32 s/step originally)",
             "non-collapsed masks (mean 0.1-0.35) and clean grids in < 30 min on 2 cores"),
     _preset("double-colored-mnist", 0.3, [0.0, 0.05, 0.0, 0.05], "linear", "orthogonal", 0.2, 512,
-            {**_RECIPE_COMMON, "train.max_steps": 6000},
+            {**_RECIPE_COMMON, "train.max_steps": 8000},
             "the authors' double-colored CGN: fg/bg colours of SPEC section 3 per label, masks of "
             "mean ~0.1-0.25 (15 epochs)",
             "non-collapsed masks (mean 0.1-0.35), label colours, clean grids in < 30 min on 2 cores"),
     _preset("wildlife-mnist", 0.3, [0.01, 0.05, 0.0, 0.01], "conv", "normal", 0.03, 32,
-            {**_RECIPE_COMMON, "train.max_steps": 5000},
+            {**_RECIPE_COMMON, "train.max_steps": 6000},
             "the authors' wildlife CGN: striped digits on veined backgrounds by label (15 epochs)",
             "non-collapsed masks (mean 0.1-0.35) and clean grids in < 30 min on 2 cores"),
 ]}

@@ -83,9 +83,9 @@ def _flatten(d: dict, prefix: str = "") -> dict:
 class InMemoryData:
     """The training split as one uint8 tensor [N, 3, 32, 32]; batches by index, no per-item work."""
 
-    def __init__(self, dataset: str, seed: int, limit: int | None):
+    def __init__(self, dataset: str, seed: int, limit: int | None, textures: str | None = None):
         from cgn.mnist.variants import load_split
-        split = load_split(dataset, "train", seed=seed)
+        split = load_split(dataset, "train", seed=seed, textures=textures)
         images, labels = split["images"], split["labels"]
         if limit is not None:
             images, labels = images[:limit], labels[:limit]
@@ -130,8 +130,8 @@ class ShapeJudge:
                 return cls(torch.from_numpy(z["weights"]), torch.from_numpy(z["proj"]))
         from cgn.mnist.source import load_mnist
         mnist = load_mnist()
-        src = np.floor((np.arange(32) + 0.5) * 28 / 32).astype(int)   # nearest 28 -> 32
-        digits = mnist.train_images[:50000][:, src][:, :, src] > 25  # binarised like the variants
+        src = (np.arange(32) * 28) // 32                          # nearest 28 -> 32, as the variants
+        digits = mnist.train_images[:50000][:, src][:, :, src] > 25  # binarised like double-colored
         x = torch.from_numpy(digits.reshape(len(digits), -1).astype(np.float32))
         y = torch.nn.functional.one_hot(torch.from_numpy(mnist.train_labels[:50000].astype(np.int64)), 10).float()
         g = torch.Generator().manual_seed(0)
@@ -160,6 +160,56 @@ def mask_statistics(model: MnistCGN, n: int, seed: int, judge: ShapeJudge | None
     if judge is not None:
         out["shape_accuracy"] = float((judge.predict(m) == labels).float().mean())
     return out
+
+
+def colour_tables(dataset: str) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """(digit colour per class, background colour per class) [10, 3] in [0, 1], where the dataset
+    paints by colour (None where it does not: colored MNIST's background, wildlife)."""
+    from cgn.mnist import variants
+    if dataset == "colored-mnist":
+        return variants.COLORED_PALETTE, None
+    if dataset == "double-colored-mnist":
+        return variants.double_colored_tables()
+    return None, None
+
+
+def colour_fidelity(model: MnistCGN, dataset: str, n: int, seed: int) -> dict:
+    """Do counterfactual colours follow their labels? Shape, texture and background labels are
+    drawn independently; for each sample the median colour of its digit pixels (mask > 0.9) and of
+    its background pixels (mask < 0.1) is matched to the nearest class colour of the dataset's
+    table; the accuracy is the share matching the texture / background label."""
+    from cgn.core.sampling import sample
+    fg_table, bg_table = colour_tables(dataset)
+    if fg_table is None and bg_table is None:
+        return {}
+    g = torch.Generator().manual_seed(seed)
+    k = model.n_classes
+    ys = [torch.randint(k, (n,), generator=g) for _ in range(3)]
+    s = sample(model, n, *ys, seed=seed, batch_size=500)
+    img = ((s.composite.permute(0, 2, 3, 1) + 1) / 2).numpy()   # [N, H, W, 3] in [0, 1]
+    m = s.mask[:, 0].numpy()
+    out = {}
+    for name, table, sel, labels in (("fg", fg_table, m > 0.9, ys[1]), ("bg", bg_table, m < 0.1, ys[2])):
+        if table is None:
+            continue
+        hits = 0
+        for i in range(n):
+            px = img[i][sel[i]]
+            if len(px) >= 5:
+                med = np.median(px, axis=0)
+                hits += int(np.argmin(((table - med) ** 2).sum(1)) == int(labels[i]))
+        out[f"{name}_colour_accuracy"] = hits / n
+    return out
+
+
+def evaluate_generator(model: MnistCGN, dataset: str, n: int = 1000, seed: int = 0,
+                       shape_judge: bool = True) -> dict:
+    """The quality numbers of a trained MNIST CGN (all from plain or counterfactual samples):
+    mask statistics, the judge's shape accuracy, and the colour fidelity where the dataset paints
+    by colour. ``evaluate_generator(load_generator(path)[0], "double-colored-mnist")``."""
+    stats = mask_statistics(model, n, seed, ShapeJudge.load() if shape_judge else None)
+    stats.update(colour_fidelity(model, dataset, n, seed + 1))
+    return stats
 
 
 # --- figures -----------------------------------------------------------------------------------
@@ -230,7 +280,7 @@ class Trainer:
         self.style = StyleLoss(self.extractor.to(self.device), cfg.loss.style_weights, autocast_bf16=cfg.loss.bf16)
 
         # data and schedule
-        self.data = InMemoryData(t.dataset, t.data_seed, t.limit_train)
+        self.data = InMemoryData(t.dataset, t.data_seed, t.limit_train, t.textures)
         self.steps_per_epoch = len(self.data) // t.batch_size
         self.total_steps = t.max_steps if t.max_steps is not None else t.epochs * self.steps_per_epoch
         self.data_gen = torch.Generator().manual_seed(_sub_seed(t.seed, 1))
@@ -377,8 +427,8 @@ class Trainer:
         rec = {k: float(v.detach()) for k, v in losses.items()}
         rec.update({f"style_{k}": float(v.detach()) for k, v in parts.items()})
         rec["g_total"] = float(loss_g.detach())
-        rec["d_loss"] = float(loss_d)
-        rec["mask_mean"] = float(out.mask.mean())
+        rec["d_loss"] = float(loss_d.detach())
+        rec["mask_mean"] = float(out.mask.detach().mean())
         return rec
 
     def _record_timeline(self) -> None:
@@ -454,14 +504,14 @@ class Trainer:
         save_sample_grid(self.G, self.grid_inputs, self.run.samples / "final.png", f"final (step {self.step})")
         self._save()
         self._save("final.pt")
-        judge = ShapeJudge.load() if t.shape_judge else None
-        stats = mask_statistics(self.G, t.eval_samples, _sub_seed(t.seed, 4), judge)
+        stats = evaluate_generator(self.G, t.dataset, t.eval_samples, _sub_seed(t.seed, 4), t.shape_judge)
         metrics = self.run.metrics()
         timed = [r["sec_per_step"] for r in metrics if "sec_per_step" in r]
         results = {
             "dataset": t.dataset, "preset": self.cfg.preset, "steps": self.step,
             "epochs": round(self.step / self.steps_per_epoch, 3),
             "feature_extractor": self.feature_source.as_dict(), "bf16": self.cfg.loss.bf16,
+            "data": self.data.meta,
             "device": str(self.device), "threads": torch.get_num_threads(),
             "train_seconds": round(self.elapsed, 1),
             "sec_per_step": round(self.elapsed / max(1, self.step), 4),
