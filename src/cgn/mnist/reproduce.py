@@ -100,6 +100,8 @@ class Reproduction:
                    "train.threads": self.cfg.threads}
         if self.cfg.cgn_steps is not None:
             changes["train.max_steps"] = self.cfg.cgn_steps
+        if dataset == "wildlife-mnist" and self.cfg.textures is not None:
+            changes["train.textures"] = self.cfg.textures
         if self.cfg.limit_real is not None:
             changes["train.limit_train"] = max(self.cfg.limit_real, cfg.train.batch_size)
         if kind == "trained+ssim":
@@ -113,7 +115,7 @@ class Reproduction:
             train(cfg, run_dir, resume=True)
         res = json.loads(res_path.read_text())
         self.run.log(f"[{dataset}] CGN ({kind}) ready: mask mean {res.get('mask_mean', float('nan')):.3f}, "
-                     f"style features {res.get('feature_extractor', {}).get('name', '?')}", echo=False)
+                     f"style features {res.get('feature_extractor', {}).get('kind', '?')}", echo=False)
         return Path(res["checkpoint"]), False, run_dir
 
     def generated(self, dataset: str, kind: str, ckpt: Path, reference: bool, n: int,
