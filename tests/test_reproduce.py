@@ -58,6 +58,15 @@ def test_reproduce_trained_end_to_end_and_resume(tmp_path, capsys):
     assert "training a CGN" not in after and "generated" not in after and "classifier" not in after
     assert json.loads((out / "table3.json").read_text()) == rows
 
+    # A finished CGN run can be reused instead of training a new one.
+    reuse = tmp_path / "reuse"
+    cgn_run = out / "double-colored-mnist" / "trained" / "cgn"
+    assert main(_argv(reuse, "--cgn", "trained", "--train-set", "real+cf",
+                      "--cgn-run", f"double-colored-mnist={cgn_run}")) == 0
+    assert "using the CGN of" in (reuse / "log.txt").read_text()
+    assert not (reuse / "double-colored-mnist" / "trained" / "cgn").exists()
+    capsys.readouterr()
+
     # Other settings into the same run directory are refused with a one-line error.
     assert main(_argv(out, "--cgn", "trained", "--cgn-steps", "4")) == 2
     assert "other settings" in capsys.readouterr().err
@@ -75,3 +84,5 @@ def test_reproduce_reference_real_plus_cf(shared_data, tmp_path, capsys):
     capsys.readouterr()
     assert main(_argv(tmp_path / "bad", "--cgn", "reference")) == 2
     assert "reference DIR" in capsys.readouterr().err
+    assert main(_argv(tmp_path / "bad2", "--cgn", "reference", str(tmp_path))) == 2
+    assert "double_colored_mnist.pth" in capsys.readouterr().err and not (tmp_path / "bad2").exists()

@@ -27,6 +27,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--cgn", nargs="+", default=["trained"], metavar="KIND",
                    help="'trained' (default: train CGNs with the preset recipe) or 'reference DIR' "
                         "(the authors' *_mnist.pth files in DIR)")
+    m.add_argument("--cgn-run", action="append", default=[], metavar="DATASET=RUN_DIR",
+                   help="with --cgn trained: use this finished `cgn train-cgn` run for DATASET "
+                        "instead of training one (repeatable)")
     m.add_argument("--size", type=_count, default=None,
                    help=f"counterfactual images (default {d.n_counterfactuals:,}; 1e6 for the full setting)")
     m.add_argument("--cf-ratio", type=int, default=d.cf_ratio)
@@ -64,6 +67,16 @@ def run(args) -> int:
             "cf_ratio": args.cf_ratio, "seed": args.seed, "textures": args.textures,
             "precision": args.precision, "ssim_weight": args.ssim_weight,
             "threads": args.threads, "limit_real": args.limit_real}
+    runs = {}
+    for item in args.cgn_run:
+        if "=" not in item:
+            raise CGNError(f"--cgn-run {item!r}: write it as DATASET=RUN_DIR")
+        k, v = item.split("=", 1)
+        runs[k] = v
+    if runs:
+        if cgn[0] != "trained":
+            raise CGNError("--cgn-run applies to --cgn trained")
+        opts["cgn_runs"] = runs
     if args.size is not None:
         opts["n_counterfactuals"] = args.size
     if args.epochs is not None:

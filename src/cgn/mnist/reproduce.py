@@ -54,6 +54,7 @@ class ReproduceConfig:
     precision: Literal["bf16", "fp32"] = "bf16"
     ablation_sizes: list[int] = field(default_factory=list)  # e.g. [10000, 100000, 1000000]
     ssim_weight: float | None = None     # also train CGNs with this SSIM weight (Table 4)
+    cgn_runs: dict[str, str] = field(default_factory=dict)  # dataset -> finished `cgn train-cgn` run dir
     threads: int = 0                     # torch CPU threads (0: torch's default)
     limit_real: int | None = None        # only the first N real training images (tests, probes)
 
@@ -67,6 +68,8 @@ class ReproduceConfig:
         check(self.n_counterfactuals >= 1 and self.cf_ratio >= 1, "n_counterfactuals and cf_ratio must be >= 1")
         check(all(s >= 1 for s in self.ablation_sizes), "ablation sizes must be >= 1")
         check(self.ssim_weight is None or self.ssim_weight > 0, "ssim_weight must be > 0")
+        for d in self.cgn_runs:
+            check(d in variants.VARIANTS, f"--cgn-run: unknown dataset {d!r}")
 
 
 # The main job of the README: a quick Colored-MNIST run that finishes in under 15 minutes on 2 cores.
@@ -77,6 +80,14 @@ QUICK = {"datasets": ["colored-mnist"], "cgn": "trained", "cgn_steps": 1500, "n_
 class Reproduction:
     def __init__(self, cfg: ReproduceConfig, out: str | Path, command: str, resume: bool = True):
         self.cfg, self.out, self.command = cfg, Path(out), command
+        for dataset, run_dir in cfg.cgn_runs.items():  # fail before any work, not halfway
+            if not (Path(run_dir) / "results.json").is_file():
+                raise CGNError(f"--cgn-run {dataset}={run_dir}: no results.json there; finish that "
+                               "`cgn train-cgn` run first (rerun it with --resume)")
+        for dataset in cfg.datasets if cfg.cgn == "reference" else []:
+            path = Path(cfg.reference_dir) / REFERENCE_FILES[dataset]
+            if not path.is_file():
+                raise CGNError(f"{path} not found; --cgn reference DIR needs {REFERENCE_FILES[dataset]} in DIR")
         self.run = RunDir(self.out, asdict(cfg), resume=resume)
         stored = self.run.stored_config()
         if stored != asdict(cfg):
@@ -92,6 +103,19 @@ class Reproduction:
             if not path.is_file():
                 raise CGNError(f"{path} not found; --cgn reference DIR needs {REFERENCE_FILES[dataset]} in DIR")
             return path, True, None
+        if kind == "trained" and dataset in self.cfg.cgn_runs:
+            run_dir = Path(self.cfg.cgn_runs[dataset])
+            res_path = run_dir / "results.json"
+            if not res_path.is_file():
+                raise CGNError(f"--cgn-run {dataset}={run_dir}: no results.json there; finish that "
+                               "`cgn train-cgn` run first (rerun it with --resume)")
+            res = json.loads(res_path.read_text())
+            if res.get("dataset") != dataset:
+                raise CGNError(f"--cgn-run {dataset}={run_dir} holds a {res.get('dataset')} CGN")
+            ckpt = Path(res["checkpoint"])
+            ckpt = ckpt if ckpt.is_absolute() or ckpt.exists() else run_dir / "checkpoints" / ckpt.name
+            self.run.log(f"[{dataset}] using the CGN of {run_dir} (mask mean {res.get('mask_mean', float('nan')):.3f})")
+            return ckpt, False, run_dir
         from cgn.config import override
         from cgn.mnist.config import preset_config
         from cgn.mnist.train import train
