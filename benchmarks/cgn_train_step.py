@@ -12,9 +12,13 @@ Modes (same losses, same weights, same optimiser in all of them):
                  D frozen in the generator step, the training set one in-memory uint8 tensor;
   ours-bf16      as ours-fp32 with the VGG forward under bfloat16 autocast (the recipe).
 
-Prints the median seconds per step (after warm-up), the VGG style loss's share, and the projected
-time of the original 15 epochs and of the preset's recipe. The CPU may be shared: medians of
-interleaved runs, and the load average, are printed so numbers can be judged. The original code
+Prints the median wall seconds per step (after warm-up), the process CPU seconds per step divided
+by the thread count (an estimate of the wall time on an otherwise idle machine, useful when the
+CPU is shared), the VGG style loss's share, and the projected time of the original 15 epochs and
+of the preset's recipe. Modes are interleaved in rounds and the load average is printed, so
+numbers taken on a shared machine can be judged. Run it with ``OMP_WAIT_POLICY=PASSIVE`` when
+other processes compete for the cores (OpenMP threads spinning at barriers otherwise slow every
+process down several-fold). The original code
 measured 0.32 s/step (colored, double-colored) and 0.48 s/step (wildlife) on the same 2-core
 machines.
 """
@@ -150,6 +154,7 @@ def main() -> None:
         for preset in args.presets:
             trainers = {m: make_trainer(preset, m, Path(tmp), args.feature_extractor) for m in args.modes}
             times: dict[str, list[float]] = {m: [] for m in args.modes}
+            cpu: dict[str, list[float]] = {m: [] for m in args.modes}
             for tr in trainers.values():
                 for _ in range(5):
                     tr.train_step()
@@ -158,9 +163,10 @@ def main() -> None:
             for _ in range(args.rounds):
                 for m, tr in trainers.items():
                     for _ in range(per_round):
-                        t0 = time.perf_counter()
+                        t0, c0 = time.perf_counter(), time.process_time()
                         tr.train_step()
                         times[m].append(time.perf_counter() - t0)
+                        cpu[m].append(time.process_time() - c0)
                         tr.step += 1
             recipe = preset_config(preset, recipe=True).train.max_steps
             full = 15 * IMAGES[preset] // 16
@@ -174,7 +180,8 @@ def main() -> None:
                 if m == "ours-bf16":
                     rel, cos = bf16_fidelity(tr)
                     extra = f"  [bf16 vs fp32 style loss: rel. diff <= {rel:.3f}, gradient cosine >= {cos:.4f}]"
-                print(f"  {m:14s} {med:.3f} s/step (x{base / med:.2f} vs {args.modes[0]}, "
+                cpu_est = statistics.median(cpu[m]) / torch.get_num_threads()
+                print(f"  {m:14s} {med:.3f} s/step [CPU time / threads {cpu_est:.3f}] (x{base / med:.2f} vs {args.modes[0]}, "
                       f"x{ORIGINAL_SEC_PER_STEP[preset] / med:.2f} vs original code)  style loss "
                       f"{style:.3f} s ({100 * style / med:.0f} %)  15 epochs: {full * med / 3600:.2f} h  "
                       f"recipe: {recipe * med / 60:.1f} min{extra}")

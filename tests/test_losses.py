@@ -191,3 +191,17 @@ def test_hed_weights_converted_from_keras_layout():
     assert torch.allclose(model(x, 2)[1], raw(x.flip(1), 2)[1], atol=1e-4)
     assert load_vgg16("auto")[1].kind in ("hed", "imagenet")
     assert set(STAGE_NAMES[:4]) == {"relu1_2", "relu2_2", "relu3_3", "relu4_3"}
+
+
+def test_feature_scale_is_a_squared_loss_scale(random_vgg):
+    """Scaling the VGG activations by s scales every Gram matrix, hence the style loss, by s**2."""
+    import copy
+    g = torch.Generator().manual_seed(3)
+    x = torch.rand(2, 3, 32, 32, generator=g) * 2 - 1
+    y = torch.rand(2, 3, 32, 32, generator=g) * 2 - 1
+    w = [0.05, 0.1, 0.01]
+    base = StyleLoss(random_vgg, w)(x, y)[0]
+    scaled = copy.deepcopy(random_vgg)
+    scaled.output_scale = 3.0
+    assert torch.isclose(StyleLoss(scaled, w)(x, y)[0], 9 * base, rtol=1e-4)
+    assert torch.isclose(StyleLoss(random_vgg, w, scale=5000 * 9)(x, y)[0], 9 * base, rtol=1e-4)

@@ -131,9 +131,10 @@ def test_bad_options_are_one_line_errors(tmp_path, capsys):
 
 def test_print_config_and_recipe(capsys):
     assert main(["train-cgn", "--preset", "wildlife-mnist", "--recipe", "--ssim-weight", "0.5",
-                 "--print-config"]) == 0
+                 "--feature-scale", "2", "--textures", "tex/", "--print-config"]) == 0
     cfg = json.loads(capsys.readouterr().out)
     assert cfg["model"]["disc"] == "conv" and cfg["loss"]["ssim_weight"] == 0.5
+    assert cfg["loss"]["feature_scale"] == 2 and cfg["train"]["textures"] == "tex/"
     assert cfg["train"]["max_steps"] is not None
 
 

@@ -35,6 +35,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--border-weight", type=float, help="weight of the mask border loss (default 0)")
     p.add_argument("--feature-extractor", help="VGG16 weights of the style loss: auto | imagenet | hed | "
                                                "random | PATH to a torchvision vgg16 state dict")
+    p.add_argument("--feature-scale", type=float,
+                   help="calibration of the VGG activations (style loss times its square; default 1)")
     p.add_argument("--allow-download", action="store_true", default=None,
                    help="let auto/imagenet try the torchvision VGG16 download")
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
@@ -55,7 +57,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 _FLAG_FIELDS = {
     "epochs": "train.epochs", "steps": "train.max_steps", "batch_size": "train.batch_size",
     "ssim_weight": "loss.ssim_weight", "border_weight": "loss.border_weight",
-    "feature_extractor": "loss.feature_extractor", "allow_download": "loss.allow_download",
+    "feature_extractor": "loss.feature_extractor", "feature_scale": "loss.feature_scale", "allow_download": "loss.allow_download",
     "bf16": "loss.bf16", "seed": "train.seed", "data_seed": "train.data_seed",
     "limit_train": "train.limit_train", "textures": "train.textures", "device": "train.device", "threads": "train.threads",
 }

@@ -49,6 +49,9 @@ class LossConfig:
     vgg_seed: int = field(default=0, metadata={"help": "seed of the random-feature VGG16"})
     allow_download: bool = field(default=False, metadata={
         "help": "let 'auto'/'imagenet' try the torchvision download when no local file exists"})
+    feature_scale: float = field(default=1.0, metadata={
+        "help": "calibration of the VGG activations: features times this, so the style loss times "
+                "its square (see docs/mnist_cgn.md, 'Feature extractor')"})
     bf16: bool = field(default=False, metadata={"help": "run the VGG forward under bfloat16 autocast"})
     ssim_weight: float = field(default=0.0, metadata={"help": "weight of 1-SSIM(x_gen, x_real) (study)"})
     border_weight: float = field(default=0.0, metadata={"help": "weight of the mask border loss"})
@@ -60,6 +63,7 @@ class LossConfig:
         check(1 <= len(self.style_weights) <= 5 and all(w >= 0 for w in self.style_weights),
               "style_weights: 1 to 5 non-negative numbers")
         check(1 <= self.border_width <= 8, "border_width must be in 1..8")
+        check(self.feature_scale > 0, "feature_scale must be > 0")
 
 
 @dataclass
@@ -143,7 +147,7 @@ _RECIPE_COMMON = {"loss.bf16": True}
 
 PRESETS: dict[str, Preset] = {p.name: p for p in [
     _preset("colored-mnist", 0.1, [0.05, 0.1, 0.01, 0.0], "linear", "orthogonal", 0.1, 512,
-            {**_RECIPE_COMMON, "train.max_steps": 8000},
+            {**_RECIPE_COMMON, "train.max_steps": 8000, "loss.border_weight": 1.0},
             "the authors' colored-MNIST CGN: masks of mean ~0.1-0.25 per class, digits in the "
             "class colours of SPEC section 3 (15 epochs, ~4 h on 2 CPU cores at 0.32 s/step originally)",
             "non-collapsed masks (mean 0.1-0.35) and clean grids in < 30 min on 2 cores"),

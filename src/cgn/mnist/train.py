@@ -43,7 +43,7 @@ from PIL import Image, ImageDraw
 from cgn.config import to_dict
 from cgn.core.checkpoint import load_checkpoint, save_checkpoint
 from cgn.core.device import resolve_device
-from cgn.core.losses import (StyleLoss, lsgan_discriminator_loss, lsgan_generator_loss,
+from cgn.core.losses import (STYLE_SCALE, StyleLoss, lsgan_discriminator_loss, lsgan_generator_loss,
                              mask_binary_entropy, mask_border_loss, ssim_loss)
 from cgn.core.perceptual import FeatureSource, load_vgg16
 from cgn.core.progress import progress
@@ -277,7 +277,8 @@ class Trainer:
         betas = tuple(cfg.optim.betas)
         self.opt_g = torch.optim.Adam(self.G.parameters(), lr=cfg.optim.lr, betas=betas)
         self.opt_d = torch.optim.Adam(self.D.parameters(), lr=cfg.optim.lr, betas=betas)
-        self.style = StyleLoss(self.extractor.to(self.device), cfg.loss.style_weights, autocast_bf16=cfg.loss.bf16)
+        self.style = StyleLoss(self.extractor.to(self.device), cfg.loss.style_weights, autocast_bf16=cfg.loss.bf16,
+                               scale=STYLE_SCALE * cfg.loss.feature_scale ** 2)
 
         # data and schedule
         self.data = InMemoryData(t.dataset, t.data_seed, t.limit_train, t.textures)
@@ -519,7 +520,7 @@ class Trainer:
             **stats,
             "final_losses": {k: v for k, v in (metrics[-1] if metrics else {}).items()
                              if k not in ("step", "epoch", "sec_per_step")},
-            "checkpoint": str(self.run.checkpoints / "final.pt"),
+            "checkpoint": str((self.run.checkpoints / "final.pt").resolve()),
         }
         write_json_atomic(self.out / "results.json", results)
         self.run.log(f"done: {self.step} steps, mask mean {stats['mask_mean']:.3f}, shape accuracy "
