@@ -302,6 +302,8 @@ class Trainer:
         self.resumed_from: int | None = None
         if resumed and self.run.latest_checkpoint() is not None:
             self._restore(self.run.latest_checkpoint())
+        elif resumed:  # stopped before its first checkpoint: start over, keep no stale metrics
+            self.run.truncate_metrics(0)
 
     # -- config handling --
 
