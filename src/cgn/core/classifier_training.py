@@ -241,7 +241,7 @@ class SeededItems(Dataset):
     def __getitem__(self, key: tuple[int, int]):
         seed, index = key
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+            torch.default_generator.manual_seed(seed)  # CPU only: fork_rng(devices=[]) restores only it
             return self.dataset[index]
 
     def __getattr__(self, name: str):
@@ -250,7 +250,7 @@ class SeededItems(Dataset):
         if name == "__getitems__" and hasattr(self.dataset, "__getitems__"):
             def getitems(keys: list[tuple[int, int]]):
                 with torch.random.fork_rng(devices=[]):
-                    torch.manual_seed(keys[0][0])
+                    torch.default_generator.manual_seed(keys[0][0])
                     return self.dataset.__getitems__([k[1] for k in keys])
             return getitems
         raise AttributeError(name)
