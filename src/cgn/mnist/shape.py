@@ -19,6 +19,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from cgn.mnist.upconv import run_layers
+
 MASK_EPS = 1e-4
 
 
@@ -34,7 +36,8 @@ class Reshape(nn.Module):
 
 
 def upsample_block(cin: int, cout: int) -> list[nn.Module]:
-    """Nearest x2 upsampling, 3x3 conv without bias, BatchNorm, LeakyReLU(0.2)."""
+    """Nearest x2 upsampling, 3x3 conv without bias, BatchNorm, LeakyReLU(0.2). (The mechanisms
+    compute the first two together, see :mod:`cgn.mnist.upconv`.)"""
     return [nn.Upsample(scale_factor=2, mode="nearest"),
             nn.Conv2d(cin, cout, 3, stride=1, padding=1, bias=False),
             nn.BatchNorm2d(cout),
@@ -46,6 +49,10 @@ def instance_norm(c: int) -> nn.Module:
 
 
 class ShapeMechanism(nn.Module):
+    # True: each Upsample + Conv2d pair runs as one low-resolution conv (cgn.mnist.upconv, same
+    # function and parameters, about half the work); False: the plain layer-by-layer path.
+    fused = True
+
     def __init__(self, in_dim: int, ngf: int = 32, img_size: int = 32):
         super().__init__()
         s0 = img_size // 4
@@ -61,4 +68,4 @@ class ShapeMechanism(nn.Module):
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         """z [B, in_dim] -> mask [B, 1, H, W] in [1e-4, 1 - 1e-4]."""
-        return self.layers(z).clamp(MASK_EPS, 1 - MASK_EPS)
+        return run_layers(self.layers, z, self.fused).clamp(MASK_EPS, 1 - MASK_EPS)

@@ -1,0 +1,137 @@
+"""The fused nearest-x2-upsample + 3x3-conv (cgn.mnist.upconv) against the plain pair, alone and
+inside the MNIST CGN generator (train and eval mode, gradients, bf16 autocast, channels_last)."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cgn.mnist.model import MnistCGN
+from cgn.mnist.upconv import is_fusable, phase_kernel, run_layers, set_fused, upconv2x
+
+
+def plain(x, w, b=None):
+    return F.conv2d(F.interpolate(x, scale_factor=2, mode="nearest"), w, b, padding=1)
+
+
+def test_derivation_in_float64():
+    torch.manual_seed(0)
+    x, w = torch.randn(2, 3, 5, 4, dtype=torch.float64), torch.randn(2, 3, 3, 3, dtype=torch.float64)
+    torch.testing.assert_close(upconv2x(x, w), plain(x, w), atol=1e-12, rtol=0)
+    assert phase_kernel(w).shape == (8, 3, 2, 2)
+
+
+@pytest.mark.parametrize("n,cin,cout,h,w,bias", [
+    (3, 5, 4, 6, 7, False), (2, 8, 1, 8, 8, False), (2, 4, 6, 1, 1, True), (1, 16, 8, 16, 16, True),
+])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_forward_and_gradients_match_plain(n, cin, cout, h, w, bias, channels_last):
+    torch.manual_seed(1)
+    x = torch.randn(n, cin, h, w)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    wt = torch.randn(cout, cin, 3, 3) / 3
+    b = torch.randn(cout) if bias else None
+    leaves = [t.clone().requires_grad_() for t in (x, wt) + ((b,) if bias else ())]
+    leaves_ref = [t.clone().requires_grad_() for t in (x, wt) + ((b,) if bias else ())]
+    y, y_ref = upconv2x(*leaves), plain(*leaves_ref)
+    assert y.shape == (n, cout, 2 * h, 2 * w)
+    assert y.is_contiguous(memory_format=torch.channels_last) == y_ref.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(y, y_ref, atol=1e-5, rtol=1e-5)
+    g = torch.randn_like(y)
+    (y * g).sum().backward()
+    (y_ref * g).sum().backward()
+    for a, r in zip(leaves, leaves_ref):
+        torch.testing.assert_close(a.grad, r.grad, atol=1e-4, rtol=1e-5)
+
+
+def test_channels_last_weight_gives_channels_last_output():
+    x = torch.randn(2, 4, 5, 5)
+    w = torch.randn(3, 4, 3, 3).contiguous(memory_format=torch.channels_last)
+    y = upconv2x(x, w)
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(y, plain(x, w), atol=1e-5, rtol=1e-5)
+
+
+def test_bf16_autocast():
+    torch.manual_seed(2)
+    x, w = torch.randn(2, 8, 8, 8), torch.randn(4, 8, 3, 3) / 8
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y, y_ref = upconv2x(x, w), plain(x, w)
+    assert y.dtype == y_ref.dtype == torch.bfloat16
+    torch.testing.assert_close(y.float(), y_ref.float(), atol=0.05, rtol=0.02)
+
+
+def test_only_the_exact_pattern_is_fused():
+    conv = nn.Conv2d(2, 2, 3, padding=1)
+    assert is_fusable(nn.Upsample(scale_factor=2, mode="nearest"), conv)
+    assert is_fusable(nn.Upsample(scale_factor=(2, 2), mode="nearest"), conv)
+    assert not is_fusable(nn.Upsample(scale_factor=2, mode="bilinear"), conv)
+    assert not is_fusable(nn.Upsample(scale_factor=3, mode="nearest"), conv)
+    assert not is_fusable(nn.Upsample(size=8, mode="nearest"), conv)
+    for other in (nn.Conv2d(2, 2, 3, padding=1, stride=2), nn.Conv2d(2, 2, 3), nn.Conv2d(2, 2, 5, padding=2),
+                  nn.Conv2d(2, 2, 3, padding=1, padding_mode="reflect"), nn.Conv2d(2, 2, 3, padding=1, groups=2)):
+        assert not is_fusable(nn.Upsample(scale_factor=2, mode="nearest"), other)
+    seq = nn.Sequential(nn.Upsample(scale_factor=2), nn.Conv2d(2, 3, 3, padding=1), nn.ReLU(),
+                        nn.Upsample(scale_factor=2), nn.Conv2d(3, 2, 3, padding=1, stride=2))
+    x = torch.randn(2, 2, 4, 4)
+    torch.testing.assert_close(run_layers(seq, x), seq(x), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(run_layers(seq, x, fused=False), seq(x), atol=0, rtol=0)
+
+
+def _model_out(model, inp):
+    out = model(**inp)
+    return [out.mask, out.foreground, out.background, out.composite]
+
+
+@pytest.fixture(scope="module")
+def generator():
+    torch.manual_seed(3)
+    return MnistCGN()
+
+
+@pytest.mark.parametrize("train", [True, False])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_generator_fused_matches_plain(generator, train, dtype):
+    """Same outputs (and, in train mode, parameter gradients and BatchNorm running statistics).
+    The gradients reach O(100) and pass a clamp and instance norms, so they are compared in
+    float64, where the two paths agree to ~1e-12."""
+    fused = copy.deepcopy(generator).to(dtype)
+    assert fused.shape.fused and fused.foreground.fused and fused.background.fused
+    plain_model = set_fused(copy.deepcopy(fused), False)
+    assert not plain_model.shape.fused and not plain_model.background.fused
+    assert list(plain_model.state_dict()) == list(fused.state_dict())
+    fused.train(train)
+    plain_model.train(train)
+    inp = fused.sample_inputs(4, torch.Generator().manual_seed(0))
+    inp["noise"] = inp["noise"].to(dtype)
+    with torch.set_grad_enabled(train):
+        outs, refs = _model_out(fused, inp), _model_out(plain_model, inp)
+    tol = {"atol": 2e-5, "rtol": 1e-4} if dtype == torch.float32 else {"atol": 1e-10, "rtol": 1e-10}
+    for o, r in zip(outs, refs):
+        torch.testing.assert_close(o, r, **tol)
+    if train and dtype == torch.float64:
+        weigh = lambda t: (t * torch.linspace(-1, 1, t.numel(), dtype=dtype).view_as(t)).sum()  # noqa: E731
+        sum(weigh(o) for o in outs).backward()
+        sum(weigh(r) for r in refs).backward()
+        for (name, p), (_, q) in zip(fused.named_parameters(), plain_model.named_parameters()):
+            torch.testing.assert_close(p.grad, q.grad, atol=1e-9, rtol=1e-9, msg=name)
+        for (name, s), (_, t) in zip(fused.named_buffers(), plain_model.named_buffers()):
+            torch.testing.assert_close(s, t, atol=1e-10, rtol=1e-10, msg=name)  # BN running stats
+
+
+def test_generator_bf16_channels_last_generation(generator):
+    torch.manual_seed(4)
+    model = copy.deepcopy(generator).eval().to(memory_format=torch.channels_last)
+    inp = {"labels": torch.arange(4), "noise": torch.randn(4, model.latent_dim),
+           "offsets": torch.zeros(4, 2, dtype=torch.long)}
+    outs = {}
+    for fused in (True, False):
+        set_fused(model, fused)
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            outs[fused] = model.run_mechanism("foreground", **inp).float()
+    torch.testing.assert_close(outs[True], outs[False], atol=0.05, rtol=0.05)
