@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 
 import numpy as np
@@ -75,3 +76,26 @@ def test_classify_errors(tmp_path, capsys):
     assert main(["train-classifier", "--dataset", "colored-mnist", "--train-set", "real+cf",
                  "--out", str(tmp_path / "r")]) == 2
     assert "--generated DIR" in capsys.readouterr().err
+
+
+def test_classifier_pool_before_relu_is_the_spec_function():
+    """The classifier max-pools before its first ReLU (faster); the SPEC order Conv -> ReLU ->
+    MaxPool must give the same outputs and gradients with the same weights."""
+    torch.manual_seed(0)
+    ours = MnistClassifier().double()
+    f = ours.features
+    spec = copy.deepcopy(ours).requires_grad_(True)
+    spec.features = copy.deepcopy(torch.nn.Sequential(f[0], f[1], torch.nn.ReLU(), f[2], *list(f)[4:]))
+    assert set(ours.state_dict()) == set(spec.state_dict())
+    x = torch.randn(8, 3, 32, 32, dtype=torch.float64)
+    y = torch.randint(10, (8,))
+    grads = []
+    for m in (ours, spec):
+        m.train()
+        m.zero_grad()
+        out = m(x)
+        torch.nn.functional.nll_loss(out, y).backward()
+        grads.append((out.detach(), [p.grad.clone() for p in m.parameters()]))
+    torch.testing.assert_close(grads[0][0], grads[1][0])
+    for a, b in zip(grads[0][1], grads[1][1]):
+        torch.testing.assert_close(a, b)
