@@ -44,10 +44,16 @@ class RunDir:
 
     def log(self, message: str, echo: bool = True) -> None:
         stamp = _dt.datetime.now().strftime("%Y-%m-%d %H:%M:%S")
-        with open(self.root / "log.txt", "a") as f:
-            f.write(f"[{stamp}] {message}\n")
+        # One write(2) to a file opened with O_APPEND: lines that several processes log to the
+        # same run (``cgn reproduce mnist --jobs N``) never interleave or overwrite each other.
+        fd = os.open(self.root / "log.txt", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+        try:
+            os.write(fd, f"[{stamp}] {message}\n".encode())
+        finally:
+            os.close(fd)
         if echo:
-            print(message, file=sys.stderr, flush=True)
+            sys.stderr.write(message + "\n")
+            sys.stderr.flush()
 
     def metric(self, record: dict[str, Any]) -> None:
         append_jsonl(self.root / "metrics.jsonl", record)
