@@ -13,9 +13,10 @@ from conftest import require_mnist
 ROW_KEYS = {"dataset", "cgn", "train_set", "n_counterfactuals", "train_acc", "test_acc", "command"}
 
 
-def _argv(out, *extra):
-    return ["reproduce", "mnist", "--dataset", "double-colored-mnist", "--size", "60", "--cf-ratio", "5",
-            "--epochs", "1", "--limit-real", "256", "--threads", "1", "--out", str(out), *extra]
+def _argv(out, *extra, datasets=("double-colored-mnist",)):
+    return ["reproduce", "mnist", *(a for d in datasets for a in ("--dataset", d)), "--size", "60",
+            "--cf-ratio", "5", "--epochs", "1", "--limit-real", "256", "--threads", "1", "--out", str(out),
+            *extra]
 
 
 @pytest.mark.slow
@@ -86,3 +87,67 @@ def test_reproduce_reference_real_plus_cf(shared_data, tmp_path, capsys):
     assert "reference DIR" in capsys.readouterr().err
     assert main(_argv(tmp_path / "bad2", "--cgn", "reference", str(tmp_path))) == 2
     assert "double_colored_mnist.pth" in capsys.readouterr().err and not (tmp_path / "bad2").exists()
+
+
+def test_reproduce_jobs_validated_and_not_part_of_the_run_identity(tmp_path):
+    from cgn.config import from_dict
+    from cgn.errors import CGNError
+    from cgn.mnist.reproduce import ReproduceConfig, Reproduction, quick_config
+    with pytest.raises(CGNError, match="jobs must be >= 1"):
+        from_dict(ReproduceConfig, {"jobs": 0})
+    out = tmp_path / "rep"
+    Reproduction(quick_config(), out, "cgn reproduce mnist --quick")
+    # Execution-only settings may change on resume, and runs stored before --jobs existed resume too.
+    Reproduction(quick_config(jobs=3, threads=2), out, "cgn reproduce mnist --quick --jobs 3")
+    record = json.loads((out / "config.json").read_text())
+    del record["config"]["jobs"]
+    (out / "config.json").write_text(json.dumps(record))
+    Reproduction(quick_config(jobs=2), out, "cgn reproduce mnist --quick --jobs 2")
+    with pytest.raises(CGNError, match="other settings"):
+        Reproduction(quick_config(epochs=3), out, "cgn reproduce mnist --quick --epochs 3")
+
+
+@pytest.mark.slow
+def test_reproduce_jobs_parallel_equals_serial_and_resumes(tmp_path, capsys):
+    """Two datasets in two worker processes: the same rows as one after the other, every worker's
+    log lines in the run's log.txt, a rerun with other --jobs/--threads resumes, and a failing
+    dataset leaves the other's row written."""
+    require_mnist()
+    datasets = ("colored-mnist", "double-colored-mnist")
+    opts = ("--cgn", "trained", "--cgn-steps", "2", "--train-set", "real+cf")
+    serial, parallel = tmp_path / "serial", tmp_path / "parallel"
+    assert main(_argv(serial, *opts, "--jobs", "1", datasets=datasets)) == 0
+    assert main(_argv(parallel, *opts, "--jobs", "2", datasets=datasets)) == 0
+    capsys.readouterr()
+
+    def rows(out):
+        return [{k: v for k, v in r.items() if k != "command"}
+                for r in json.loads((out / "table3.json").read_text())]
+    assert [r["dataset"] for r in rows(parallel)] == list(datasets)
+    assert rows(parallel) == rows(serial)
+    log = (parallel / "log.txt").read_text()
+    assert "in 2 worker processes, 1 torch thread(s) each" in log
+    for d in datasets:
+        assert f"[{d}] training a CGN (trained)" in log and f"[{d}] classifier real+cf" in log
+        assert (parallel / f"samples_{d}.png").is_file()
+
+    # Another --jobs and --threads resume the same run directory: nothing runs again.
+    before = log
+    results = {p: p.read_bytes() for p in parallel.rglob("result*.json")}
+    assert main(_argv(parallel, *opts, "--jobs", "1", "--threads", "2", datasets=datasets)) == 0
+    after = (parallel / "log.txt").read_text()[len(before):]
+    assert "training a CGN" not in after and "generated" not in after and "classifier" not in after
+    assert {p: p.read_bytes() for p in parallel.rglob("result*.json")} == results
+    assert rows(parallel) == rows(serial)
+
+    # One dataset fails in its worker (a CGN run of the wrong dataset): the one-line error, and the
+    # other dataset (given the serial run's CGN) still gets its row, equal to the serial one.
+    cgn_run = serial / "double-colored-mnist" / "trained" / "cgn"
+    fail = tmp_path / "fail"
+    capsys.readouterr()
+    assert main(_argv(fail, *opts, "--jobs", "2", "--cgn-run", f"colored-mnist={cgn_run}",
+                      "--cgn-run", f"double-colored-mnist={cgn_run}", datasets=datasets)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == f"cgn: error: --cgn-run colored-mnist={cgn_run} holds a double-colored-mnist CGN"
+    assert rows(fail) == rows(serial)[1:]
+    assert "[colored-mnist] failed: --cgn-run" in (fail / "log.txt").read_text()

@@ -21,7 +21,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="For each dataset: take the authors' CGN (--cgn reference DIR) or train one with "
                     "the preset recipe (--cgn trained), generate counterfactuals, train the classifier "
                     "on each training set and write Markdown + JSON tables beside the published "
-                    "numbers. Rerun the same command to resume.")
+                    "numbers. Rerun the same command to resume (--jobs and --threads may change). "
+                    "--jobs N runs up to N datasets at once in separate processes.")
     m.add_argument("--dataset", action="append", choices=VARIANTS, default=None,
                    help="only this dataset (repeatable; default: all three)")
     m.add_argument("--cgn", nargs="+", default=["trained"], metavar="KIND",
@@ -45,7 +46,14 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="also train on this many counterfactuals each (e.g. 1e4,1e5,1e6) and plot")
     m.add_argument("--ssim-weight", type=float, default=None,
                    help="SSIM ablation (study's Table 4): also train CGNs with this SSIM loss weight")
-    m.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
+    m.add_argument("--threads", type=int, default=0,
+                   help="torch CPU threads per process (default: torch's choice; with --jobs N: "
+                        "the CPU count divided by the number of worker processes)")
+    m.add_argument("--jobs", type=int, default=d.jobs, metavar="N",
+                   help="run the datasets concurrently in up to N worker processes (default 1). The "
+                        "small MNIST models use many cores better this way than with more threads; "
+                        "results equal --jobs 1 at the same --threads. --jobs and --threads may "
+                        "change when resuming")
     m.add_argument("--limit-real", type=int, default=None, metavar="N",
                    help="use only the first N real training images (smoke tests and probes)")
     m.add_argument("--quick", action="store_true",
@@ -66,7 +74,7 @@ def run(args) -> int:
     opts = {"cgn": cgn[0], "reference_dir": cgn[1] if len(cgn) == 2 else None,
             "cf_ratio": args.cf_ratio, "seed": args.seed, "textures": args.textures,
             "precision": args.precision, "ssim_weight": args.ssim_weight,
-            "threads": args.threads, "limit_real": args.limit_real}
+            "threads": args.threads, "jobs": args.jobs, "limit_real": args.limit_real}
     runs = {}
     for item in args.cgn_run:
         if "=" not in item:

@@ -13,13 +13,23 @@ classifier on each training set, and write into the run directory:
     <dataset>/<cgn>/...                  the CGN run, generated sets and classifier runs
 
 Every step whose output is complete is skipped, so rerunning the same command resumes.
+
+With ``jobs > 1`` the datasets run concurrently, one per worker process (spawned, never forked),
+each with ``threads`` torch threads (default: the CPU count divided by the number of workers);
+the parent writes the tables from the rows each worker returns, in the order of ``datasets``.
 """
 
 from __future__ import annotations
 
 import json
+import multiprocessing
+import os
 import shutil
+import signal
+import sys
 import time
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Literal
@@ -55,7 +65,10 @@ class ReproduceConfig:
     ablation_sizes: list[int] = field(default_factory=list)  # e.g. [10000, 100000, 1000000]
     ssim_weight: float | None = None     # also train CGNs with this SSIM weight (Table 4)
     cgn_runs: dict[str, str] = field(default_factory=dict)  # dataset -> finished `cgn train-cgn` run dir
-    threads: int = 0                     # torch CPU threads (0: torch's default)
+    threads: int = 0                     # torch CPU threads per process (0: torch's default; with
+                                         # jobs > 1: CPU count // workers)
+    jobs: int = 1                        # datasets run concurrently in up to this many worker
+                                         # processes (same results as 1 at the same thread count)
     limit_real: int | None = None        # only the first N real training images (tests, probes)
 
     def __post_init__(self):
@@ -68,6 +81,8 @@ class ReproduceConfig:
         check(self.n_counterfactuals >= 1 and self.cf_ratio >= 1, "n_counterfactuals and cf_ratio must be >= 1")
         check(all(s >= 1 for s in self.ablation_sizes), "ablation sizes must be >= 1")
         check(self.ssim_weight is None or self.ssim_weight > 0, "ssim_weight must be > 0")
+        check(self.jobs >= 1, f"jobs must be >= 1, got {self.jobs}")
+        check(self.threads >= 0, f"threads must be >= 0, got {self.threads}")
         for d in self.cgn_runs:
             check(d in variants.VARIANTS, f"--cgn-run: unknown dataset {d!r}")
 
@@ -75,6 +90,14 @@ class ReproduceConfig:
 # The main job of the README: a quick Colored-MNIST run that finishes in under 15 minutes on 2 cores.
 QUICK = {"datasets": ["colored-mnist"], "cgn": "trained", "cgn_steps": 1500, "n_counterfactuals": 20_000,
          "train_sets": ["real", "real+cf"], "epochs": 2}
+
+# How a run executes, not what it computes: a rerun may change them and still resume. (A different
+# thread count may change float rounding of the steps still to run, as train-cgn's --resume allows.)
+EXECUTION_FIELDS = ("jobs", "threads")
+
+
+def _identity(config: dict) -> dict:
+    return {k: v for k, v in config.items() if k not in EXECUTION_FIELDS}
 
 
 class Reproduction:
@@ -89,8 +112,7 @@ class Reproduction:
             if not path.is_file():
                 raise CGNError(f"{path} not found; --cgn reference DIR needs {REFERENCE_FILES[dataset]} in DIR")
         self.run = RunDir(self.out, asdict(cfg), resume=resume)
-        stored = self.run.stored_config()
-        if stored != asdict(cfg):
+        if _identity(self.run.stored_config()) != _identity(asdict(cfg)):
             raise CGNError(f"{self.out} holds a reproduction with other settings; use another --out "
                            "or the same options as before")
         self.rows: list[dict] = []
@@ -185,35 +207,87 @@ class Reproduction:
                 "command": self.command}
 
     # -- the whole run -----------------------------------------------------------------------
-    def run_all(self) -> list[dict]:
+    def run_dataset(self, dataset: str) -> list[dict]:
+        """Every step for one dataset (each skipped when its output is complete); its table rows."""
         cfg = self.cfg
         kinds = [cfg.cgn] + (["trained+ssim"] if cfg.ssim_weight is not None else [])
         n = cfg.n_counterfactuals
-        for dataset in cfg.datasets:
-            self.run.log(f"[{dataset}] start", echo=False)
-            if "real" in cfg.train_sets:
-                self.rows.append(self.row(dataset, None, "real", 0, self.classifier(dataset, None, "real", None, 0)))
-            for kind in kinds:
-                ckpt, ref, cgn_dir = self.cgn_checkpoint(dataset, kind)
-                if cgn_dir is not None and kind == cfg.cgn:
-                    tl = cgn_dir / "samples" / "mask_timeline.png"
-                    if tl.exists():
-                        shutil.copyfile(tl, self.out / f"mask_timeline_{dataset}.png")
-                sets = [t for t in cfg.train_sets if t != "real"] if kind == cfg.cgn else ["real+cf"]
-                for ts in sets:
-                    gen = self.generated(dataset, kind, ckpt, ref, n, counterfactual=ts != "real+gan")
-                    res = self.classifier(dataset, kind, ts, gen, n)
-                    self.rows.append(self.row(dataset, kind, ts, n, res))
-                if kind == cfg.cgn:
-                    self.samples_figure(dataset, self.generated(dataset, kind, ckpt, ref, n, True)
-                                        if any(t in ("real+cf", "cf") for t in sets) else None)
-                for size in cfg.ablation_sizes if kind == cfg.cgn else []:
-                    gen = self.generated(dataset, kind, ckpt, ref, size, True)
-                    res = self.classifier(dataset, kind, "real+cf", gen, size)
-                    self.rows.append({**self.row(dataset, kind, "real+cf", size, res), "ablation": "n_counterfactuals"})
-            self.write_tables()
+        rows: list[dict] = []
+        self.run.log(f"[{dataset}] start", echo=False)
+        if "real" in cfg.train_sets:
+            rows.append(self.row(dataset, None, "real", 0, self.classifier(dataset, None, "real", None, 0)))
+        for kind in kinds:
+            ckpt, ref, cgn_dir = self.cgn_checkpoint(dataset, kind)
+            if cgn_dir is not None and kind == cfg.cgn:
+                tl = cgn_dir / "samples" / "mask_timeline.png"
+                if tl.exists():
+                    shutil.copyfile(tl, self.out / f"mask_timeline_{dataset}.png")
+            sets = [t for t in cfg.train_sets if t != "real"] if kind == cfg.cgn else ["real+cf"]
+            for ts in sets:
+                gen = self.generated(dataset, kind, ckpt, ref, n, counterfactual=ts != "real+gan")
+                res = self.classifier(dataset, kind, ts, gen, n)
+                rows.append(self.row(dataset, kind, ts, n, res))
+            if kind == cfg.cgn:
+                self.samples_figure(dataset, self.generated(dataset, kind, ckpt, ref, n, True)
+                                    if any(t in ("real+cf", "cf") for t in sets) else None)
+            for size in cfg.ablation_sizes if kind == cfg.cgn else []:
+                gen = self.generated(dataset, kind, ckpt, ref, size, True)
+                res = self.classifier(dataset, kind, "real+cf", gen, size)
+                rows.append({**self.row(dataset, kind, "real+cf", size, res), "ablation": "n_counterfactuals"})
+        return rows
+
+    def run_all(self) -> list[dict]:
+        workers = min(self.cfg.jobs, len(self.cfg.datasets))
+        if workers <= 1:
+            for dataset in self.cfg.datasets:
+                self.rows.extend(self.run_dataset(dataset))
+                self.write_tables()
+        else:
+            self._run_parallel(workers)
         self.write_tables()
         return self.rows
+
+    def _run_parallel(self, workers: int) -> None:
+        """One dataset per worker process; tables are rewritten as datasets finish. A failed dataset
+        does not stop the others: their rows are written, then the first failure is raised."""
+        threads = self.cfg.threads or max(1, (os.cpu_count() or 1) // workers)
+        self.run.log(f"running {len(self.cfg.datasets)} datasets in {workers} worker processes, "
+                     f"{threads} torch thread(s) each")
+        done: dict[str, list[dict]] = {}
+        failed: dict[str, BaseException] = {}
+        pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=_worker_init, initargs=(threads,))
+        previous = _sigterm_as_interrupt()
+        try:
+            futures = {pool.submit(_worker_run_dataset, self.cfg, str(self.out), self.command, d): d
+                       for d in self.cfg.datasets}
+            pending = set(futures)
+            while pending:
+                finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for fut in finished:
+                    dataset = futures[fut]
+                    try:
+                        done[dataset] = fut.result()
+                    except BrokenProcessPool:
+                        failed[dataset] = CGNError(
+                            f"a worker process died (out of memory?) before {dataset} finished; finished "
+                            "steps are kept: rerun the same command to resume (perhaps with fewer --jobs)")
+                    except Exception as e:  # noqa: BLE001 - reported below, after the others finish
+                        failed[dataset] = e
+                    if dataset in failed:
+                        self.run.log(f"[{dataset}] failed: {failed[dataset]}")
+                self.rows = [r for d in self.cfg.datasets if d in done for r in done[d]]
+                self.write_tables()
+        except BaseException:  # Ctrl-C or SIGTERM: let the workers checkpoint and stop
+            _stop_workers(pool)
+            raise
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
+        for dataset in self.cfg.datasets:
+            if dataset in failed:
+                raise failed[dataset]
 
     # -- outputs -------------------------------------------------------------------------------
     def samples_figure(self, dataset: str, generated: Path | None) -> None:
@@ -241,6 +315,57 @@ class Reproduction:
         if self.cfg.ssim_weight is not None and ssim:
             write_json_atomic(self.out / "table4.json", ssim)
             write_text_atomic(self.out / "table4.md", table4_markdown(ssim, self.cfg.ssim_weight))
+
+
+# -- worker processes (jobs > 1) -------------------------------------------------------------------
+_in_task = False
+
+
+def _worker_sigterm(signum, frame):
+    # Inside a dataset: unwind like Ctrl-C (the CGN trainer saves a checkpoint). Idle: just exit.
+    if _in_task:
+        raise KeyboardInterrupt
+    os._exit(128 + signum)
+
+
+def _worker_init(threads: int) -> None:
+    import torch
+    torch.set_num_threads(threads)
+    # The parent stops workers with SIGTERM; a terminal's Ctrl-C reaches the parent only once.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _worker_sigterm)
+    if os.environ.get("CGN_PROGRESS", "auto") == "auto":
+        os.environ["CGN_PROGRESS"] = "0"  # several progress bars on one terminal garble it; log lines remain
+
+
+def _worker_run_dataset(cfg: ReproduceConfig, out: str, command: str, dataset: str) -> list[dict]:
+    global _in_task
+    _in_task = True
+    try:
+        return Reproduction(cfg, out, command).run_dataset(dataset)
+    except KeyboardInterrupt:
+        sys.stderr.flush()
+        os._exit(130)  # stopped by the parent: do not go on to another dataset
+    finally:
+        _in_task = False
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def _sigterm_as_interrupt():
+    """In the parent: SIGTERM stops the workers like Ctrl-C does (returns the previous handler)."""
+    try:
+        return signal.signal(signal.SIGTERM, _raise_interrupt)
+    except ValueError:  # not in the main thread
+        return None
+
+
+def _stop_workers(pool) -> None:
+    for p in list((getattr(pool, "_processes", None) or {}).values()):
+        if p.is_alive():
+            p.terminate()
 
 
 def _fmt(v) -> str:
