@@ -50,7 +50,8 @@ class GenerateConfig:
     seed: int = 0                 # run seed; every image's seed derives from it
     counterfactual: bool = True   # False: plain CGN samples (one label and noise for all IMs)
     shard_size: int = 50_000      # images per shard file
-    batch_size: int = 1_000       # images per forward pass (does not change any image)
+    batch_size: int = 256         # images per forward pass: changes no image, only the speed
+                                  # (256 measured ~1.35x faster than 1000 on CPU, bf16)
     precision: str = "bf16"       # "bf16": bf16 autocast (AMX/AVX-512 on CPU); "fp32"
 
     def __post_init__(self):
@@ -162,6 +163,11 @@ def _shard_done(out: Path, k: int, n: int) -> bool:
         return False
 
 
+def _identity(config: dict) -> dict:
+    """The settings that define a dataset's images (batch_size only sets the pace)."""
+    return {k: v for k, v in config.items() if k != "batch_size"}
+
+
 def generate(model, cfg: GenerateConfig, out: str | Path, *, source: dict,
              device: torch.device | str = "cpu", log=print) -> dict:
     """Write (or resume) a dataset. ``source`` describes the CGN (path, sha256, ...)."""
@@ -171,7 +177,8 @@ def generate(model, cfg: GenerateConfig, out: str | Path, *, source: dict,
     mpath = out / "manifest.json"
     if mpath.exists():
         old = json.loads(mpath.read_text())
-        if old.get("config") != manifest["config"] or old.get("generator", {}).get("sha256") != source.get("sha256"):
+        if _identity(old.get("config", {})) != _identity(manifest["config"]) or \
+                old.get("generator", {}).get("sha256") != source.get("sha256"):
             raise CGNError(f"{out} already holds a different generation (other settings or CGN); "
                            "choose another --out or delete it")
     else:
