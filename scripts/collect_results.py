@@ -28,10 +28,15 @@ def main() -> None:
     for run in a.runs:
         for r in json.loads((run / "table3.json").read_text()):
             rows[(r["dataset"], r["cgn"], r["train_set"], r["n_counterfactuals"])] = r
+        # figures are named by the CGN they show, so runs with different CGNs do not overwrite
+        kind = json.loads((run / "config.json").read_text()).get("config", {}).get("cgn", "")
         for png in list(run.glob("samples_*.png")) + list(run.glob("mask_timeline_*.png")) + \
                 list(run.glob("ablation_*")) + list(run.glob("table4.*")):
             a.out.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(png, a.out / png.name)
+            name = png.name
+            if kind and png.name.startswith("samples_"):
+                name = f"{png.stem}_{kind}{png.suffix}"
+            shutil.copyfile(png, a.out / name)
     merged = sorted(rows.values(), key=lambda r: (r["dataset"], str(r["cgn"]), r["train_set"], r["n_counterfactuals"]))
     write_json_atomic(a.out / "table3.json", merged)
     md = table3_markdown(merged, "see below")
