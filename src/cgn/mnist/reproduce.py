@@ -135,7 +135,7 @@ class Reproduction:
             if res.get("dataset") != dataset:
                 raise CGNError(f"--cgn-run {dataset}={run_dir} holds a {res.get('dataset')} CGN")
             ckpt = Path(res["checkpoint"])
-            ckpt = ckpt if ckpt.is_absolute() or ckpt.exists() else run_dir / "checkpoints" / ckpt.name
+            ckpt = ckpt if ckpt.exists() else run_dir / "checkpoints" / ckpt.name  # the run dir may have moved
             self.run.log(f"[{dataset}] using the CGN of {run_dir} (mask mean {res.get('mask_mean', float('nan')):.3f})")
             return ckpt, False, run_dir
         from cgn.config import override
