@@ -47,6 +47,13 @@ ORIGINAL_SEC_PER_STEP = {"colored-mnist": 0.32, "double-colored-mnist": 0.32, "w
 IMAGES = {"colored-mnist": 60000, "double-colored-mnist": 50000, "wildlife-mnist": 50000}
 
 
+def original_gram(f: torch.Tensor) -> torch.Tensor:
+    """The original's Gram matrix: view, bmm, then a separate division."""
+    b, c, h, w = f.shape
+    f = f.view(b, c, h * w)
+    return torch.bmm(f, f.transpose(1, 2)).div(c * h * w)
+
+
 class OriginalLikeStyle(StyleLoss):
     """Every hooked stage computed (weights 0 included), as the original's hook-based loss does."""
 
@@ -56,8 +63,7 @@ class OriginalLikeStyle(StyleLoss):
         gf = self.extractor(generated, 4)
         parts = {}
         for i, (a, b) in enumerate(zip(gf, tf)):
-            from cgn.core.losses import gram_matrix
-            parts[str(i)] = torch.nn.functional.l1_loss(gram_matrix(a), gram_matrix(b)) * self.weights[i] ** 2 * self.scale
+            parts[str(i)] = torch.nn.functional.l1_loss(original_gram(a), original_gram(b)) * self.weights[i] ** 2 * self.scale
         return sum(parts.values()), parts
 
 
@@ -99,6 +105,10 @@ def make_trainer(preset: str, mode: str, root: Path, feature_extractor: str) -> 
         per_item = PerItemData(tr.data, cfg.train.batch_size, cfg.train.seed)
         tr.data.batch = lambda idx, device: tuple(t.to(device) for t in per_item.next())
         tr.freeze_d_in_g_step = False  # D's parameters collect gradients in the G step too
+        # the original's layout (contiguous NCHW) and its per-parameter Adam loop
+        for net, name in ((tr.G, "opt_g"), (tr.D, "opt_d")):
+            net.to(memory_format=torch.contiguous_format)
+            setattr(tr, name, torch.optim.Adam(net.parameters(), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas)))
     return tr
 
 

@@ -205,3 +205,23 @@ def test_feature_scale_is_a_squared_loss_scale(random_vgg):
     scaled.output_scale = 3.0
     assert torch.isclose(StyleLoss(scaled, w)(x, y)[0], 9 * base, rtol=1e-4)
     assert torch.isclose(StyleLoss(random_vgg, w, scale=5000 * 9)(x, y)[0], 9 * base, rtol=1e-4)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_gram_l1_matches_autograd_in_float64(channels_last):
+    from cgn.core.losses import gram_l1
+    g = torch.Generator().manual_seed(3)
+    f = torch.randn(2, 6, 3, 4, generator=g, dtype=torch.float64)
+    if channels_last:
+        f = f.contiguous(memory_format=torch.channels_last)
+    target = gram_matrix(torch.randn(2, 6, 3, 4, generator=g, dtype=torch.float64)).double()
+    a = f.clone().requires_grad_()
+    b = f.clone().requires_grad_()
+    rows = b.reshape(2, 6, 12)
+    ref = F.l1_loss(torch.bmm(rows, rows.transpose(1, 2)) / (6 * 12), target)
+    # gram_l1 computes in float32; compare the float32 results against the float64 reference
+    out = gram_l1(a, target)
+    torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-7)
+    (3 * out).backward()
+    (3 * ref).backward()
+    torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-7)

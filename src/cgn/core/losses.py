@@ -13,12 +13,13 @@
 
 from __future__ import annotations
 
-import contextlib
+import copy
 from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 from cgn.core.perceptual import STAGE_NAMES, VGG16Features
 from cgn.errors import CGNError
@@ -85,11 +86,60 @@ def ssim_loss(x: torch.Tensor, y: torch.Tensor, win_size: int = 11) -> torch.Ten
 
 # --- perceptual style loss -----------------------------------------------------------------------
 
-def gram_matrix(f: torch.Tensor) -> torch.Tensor:
-    """Per-sample Gram matrix: f [B, C, H, W] -> [B, C, C], normalised by C*H*W."""
+def _gram_rows(f: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """f [B, C, H, W] -> (float32 rows [B, C, HW], 1 / (C*H*W)); a channels_last ``f`` is read
+    as [B, HW, C] and transposed as a view, never reordered."""
     b, c, h, w = f.shape
-    f = f.reshape(b, c, h * w).float()
-    return torch.bmm(f, f.transpose(1, 2)) / (c * h * w)
+    if f.is_contiguous(memory_format=torch.channels_last) and not f.is_contiguous():
+        rows = f.permute(0, 2, 3, 1).reshape(b, h * w, c).float().transpose(1, 2)
+    else:
+        rows = f.reshape(b, c, h * w).float()
+    return rows, 1.0 / (c * h * w)
+
+
+def gram_matrix(f: torch.Tensor) -> torch.Tensor:
+    """Per-sample Gram matrix in float32: f [B, C, H, W] -> [B, C, C], normalised by C*H*W
+    (the normalisation is folded into the matrix product)."""
+    rows, alpha = _gram_rows(f)
+    return torch.baddbmm(rows.new_zeros(()), rows, rows.transpose(1, 2), beta=0.0, alpha=alpha)
+
+
+class _GramL1(torch.autograd.Function):
+    """``mean |gram(rows) - target|`` in one pass over the [B, C, C] Gram matrices.
+
+    Backward: with S = sign(gram - target) / numel, d/d rows = alpha (S + S^T) rows. Computing it
+    directly skips the difference, absolute value and sign tensors autograd would keep and the
+    second matrix product of the Gram's backward (the relu4_3 Gram is [B, 512, 512], larger
+    than the features it comes from)."""
+
+    @staticmethod
+    def forward(ctx, rows: torch.Tensor, target: torch.Tensor, alpha: float) -> torch.Tensor:
+        diff = torch.baddbmm(target, rows, rows.transpose(1, 2), beta=-1.0, alpha=alpha)
+        ctx.save_for_backward(rows, diff)
+        ctx.alpha = alpha
+        return torch.linalg.vector_norm(diff, ord=1) / diff.numel()
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: torch.Tensor):
+        rows, diff = ctx.saved_tensors
+        s = diff.sign()
+        s = s + s.transpose(1, 2)
+        grad_rows = torch.bmm(s, rows).mul_(grad * (ctx.alpha / diff.numel()))
+        return grad_rows, None, None
+
+
+def gram_l1(f: torch.Tensor, target_gram: torch.Tensor) -> torch.Tensor:
+    """``F.l1_loss(gram_matrix(f), target_gram)`` (mean over the elements) with a lean backward;
+    ``target_gram`` gets no gradient."""
+    rows, alpha = _gram_rows(f)
+    return _GramL1.apply(rows, target_gram.detach().float(), alpha)
+
+
+def _bf16_copy(extractor: VGG16Features) -> VGG16Features:
+    twin = copy.deepcopy(extractor)
+    twin.features.to(dtype=torch.bfloat16, memory_format=torch.channels_last)  # buffers stay fp32
+    return twin
 
 
 class StyleLoss(nn.Module):
@@ -117,12 +167,15 @@ class StyleLoss(nn.Module):
         self.autocast_bf16 = bool(autocast_bf16)
         self.active = [i for i, w in enumerate(weights) if w != 0]
         self.depth = max(self.active) + 1 if self.active else 0
+        # bf16: a frozen copy of the conv stack held in bfloat16 and channels_last. It computes
+        # what autocast would (every conv rounds its weights and input to bf16) without recasting
+        # the frozen weights at every call, and channels_last is the layout oneDNN is fastest in.
+        self.extractor_bf16 = (_bf16_copy(extractor) if self.autocast_bf16 and self.active else None)
 
     def _features(self, x: torch.Tensor) -> list[torch.Tensor]:
-        ctx = (torch.autocast(device_type=x.device.type, dtype=torch.bfloat16)
-               if self.autocast_bf16 else contextlib.nullcontext())
-        with ctx:
-            return self.extractor(x, self.depth)
+        if self.extractor_bf16 is not None:
+            return self.extractor_bf16(x, self.depth)
+        return self.extractor(x, self.depth)
 
     def forward(self, generated: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Returns (total loss, {stage name: weighted loss of that stage}) for the active stages."""
@@ -138,6 +191,5 @@ class StyleLoss(nn.Module):
         gen_feats = self._features(generated)
         parts = {}
         for i in self.active:
-            g = gram_matrix(gen_feats[i])
-            parts[STAGE_NAMES[i]] = F.l1_loss(g, target_grams[i]) * self.weights[i] ** 2 * self.scale
+            parts[STAGE_NAMES[i]] = gram_l1(gen_feats[i], target_grams[i]) * self.weights[i] ** 2 * self.scale
         return sum(parts.values()), parts

@@ -96,6 +96,11 @@ class VGG16Features(nn.Module):
             raise ValueError(f"depth must be in 1..{len(self.stage_ends)}, got {depth}")
         if self.input_scale != 1.0 or bool(self.input_offset.any()):
             x = x * self.input_scale + self.input_offset.to(x.dtype)
+        # A bf16 copy of the conv stack (StyleLoss's) takes bf16 input: round once, after the
+        # input affine, as autocast would at the first conv.
+        wdtype = self.features[0].weight.dtype
+        if x.dtype != wdtype and not torch.is_autocast_enabled(x.device.type):
+            x = x.to(wdtype)
         out = []
         last = self.stage_ends[depth - 1]
         for i, layer in enumerate(self.features[: last + 1]):

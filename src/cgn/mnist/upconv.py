@@ -33,6 +33,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 
 def _collapse(w: torch.Tensor, dim: int) -> torch.Tensor:
@@ -71,14 +72,44 @@ def upconv2x(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = 
     y = F.conv2d(x, k, None if bias is None else bias.repeat(4), padding=1)  # [B, 4*Cout, H+1, W+1]
     if not (y.is_contiguous() or _is_channels_last(y)):
         y = y.contiguous()
-    # out[n, o, i, a, j, b] = y[n, (2a+b)*Cout + o, i+a, j+b]: strides add up per index.
+    return _Interleave.apply(y, cout, channels_last)
+
+
+def _phase_view(y: torch.Tensor, cout: int) -> torch.Tensor:
+    """The [B, Cout, H, 2, W, 2] view of the phase map ``y`` [B, 4*Cout, H+1, W+1]:
+    element (n, o, i, a, j, b) is y[n, (2a+b)*Cout + o, i+a, j+b]; the strides add up per index."""
+    n, _, hp, wp = y.shape
     sn, sc, sp, sq = y.stride()
-    phases = y.as_strided((n, cout, h, 2, w, 2),
-                          (sn, sc, sp, sp + 2 * cout * sc, sq, sq + cout * sc), y.storage_offset())
-    out = torch.empty((n, cout, 2 * h, 2 * w), dtype=y.dtype, device=y.device,
-                      memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-    out.view(n, cout, h, 2, w, 2).copy_(phases)
-    return out
+    return y.as_strided((n, cout, hp - 1, 2, wp - 1, 2),
+                        (sn, sc, sp, sp + 2 * cout * sc, sq, sq + cout * sc), y.storage_offset())
+
+
+class _Interleave(torch.autograd.Function):
+    """Phase map [B, 4*Cout, H+1, W+1] -> interleaved output [B, Cout, 2H, 2W] (one copy).
+
+    Autograd's generic ``as_strided`` backward cannot prove that this view does not overlap and
+    falls back to a scatter through index tensors (several ms per step); the backward here is the
+    same copy in reverse into a zeroed gradient (the cropped border gets no gradient)."""
+
+    @staticmethod
+    def forward(ctx, y: torch.Tensor, cout: int, channels_last: bool) -> torch.Tensor:
+        n, _, hp, wp = y.shape
+        ctx.cout = cout
+        ctx.layout = torch.channels_last if _is_channels_last(y) else torch.contiguous_format
+        out = torch.empty((n, cout, 2 * (hp - 1), 2 * (wp - 1)), dtype=y.dtype, device=y.device,
+                          memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+        out.view(n, cout, hp - 1, 2, wp - 1, 2).copy_(_phase_view(y, cout))
+        ctx.y_shape = y.shape
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out: torch.Tensor):
+        n, c4, hp, wp = ctx.y_shape
+        grad_y = torch.empty((n, c4, hp, wp), dtype=grad_out.dtype, device=grad_out.device,
+                             memory_format=ctx.layout).zero_()
+        _phase_view(grad_y, ctx.cout).copy_(grad_out.reshape(n, ctx.cout, hp - 1, 2, wp - 1, 2))
+        return grad_y, None, None
 
 
 def is_fusable(up: nn.Module, conv: nn.Module) -> bool:
