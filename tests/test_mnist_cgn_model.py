@@ -68,6 +68,21 @@ def test_tile_and_crop_is_a_circular_shift():
     assert torch.equal(out[1], torch.roll(x[1], shifts=(-2, -3), dims=(1, 2)))
 
 
+def test_tile_and_crop_equals_the_tiled_crop_with_gradients():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(5, 3, 6, 6, generator=g).contiguous(memory_format=torch.channels_last).requires_grad_()
+    off = torch.randint(0, 7, (5, 2), generator=g)  # every start position 0..H, as draw_offsets
+    x_ref = x.detach().clone().requires_grad_()
+    tiled = x_ref.repeat(1, 1, 2, 2)
+    ref = torch.stack([tiled[i, :, r:r + 6, c:c + 6] for i, (r, c) in enumerate(off.tolist())])
+    out = tile_and_crop(x, off)
+    assert torch.equal(out, ref)
+    w = torch.randn(out.shape, generator=g)
+    (out * w).sum().backward()
+    (ref * w).sum().backward()
+    torch.testing.assert_close(x.grad, x_ref.grad)
+
+
 def test_init_follows_config():
     m = MnistCGN(ModelConfig(init_type="normal", init_gain=0.03))
     w = m.foreground.layers[3].weight

@@ -107,10 +107,12 @@ def gram_matrix(f: torch.Tensor) -> torch.Tensor:
 class _GramL1(torch.autograd.Function):
     """``mean |gram(rows) - target|`` in one pass over the [B, C, C] Gram matrices.
 
-    Backward: with S = sign(gram - target) / numel, d/d rows = alpha (S + S^T) rows. Computing it
-    directly skips the difference, absolute value and sign tensors autograd would keep and the
-    second matrix product of the Gram's backward (the relu4_3 Gram is [B, 512, 512], larger
-    than the features it comes from)."""
+    Backward: with S = sign(gram - target) / numel, d/d rows = alpha (S + S^T) rows = 2 alpha S rows,
+    as both Gram matrices are symmetric (entries where float rounding makes the two signs differ
+    have |gram - target| at rounding level, where any value in [-1, 1] is a valid subgradient).
+    Computing it directly skips the difference, absolute value and sign tensors autograd would
+    keep and the second matrix product of the Gram's backward (the relu4_3 Gram is
+    [B, 512, 512], larger than the features it comes from)."""
 
     @staticmethod
     def forward(ctx, rows: torch.Tensor, target: torch.Tensor, alpha: float) -> torch.Tensor:
@@ -123,9 +125,8 @@ class _GramL1(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad: torch.Tensor):
         rows, diff = ctx.saved_tensors
-        s = diff.sign()
-        s = s + s.transpose(1, 2)
-        grad_rows = torch.bmm(s, rows).mul_(grad * (ctx.alpha / diff.numel()))
+        s = diff.sign_()  # in place: sign is idempotent, so a second backward still works
+        grad_rows = torch.bmm(s, rows).mul_(grad * (2.0 * ctx.alpha / diff.numel()))
         return grad_rows, None, None
 
 

@@ -31,14 +31,15 @@ def draw_offsets(n: int, img_size: int, generator: torch.Generator | None = None
 
 
 def tile_and_crop(x: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
-    """x [B, C, H, W], offsets [B, 2] -> crop [B, C, H, W] of the 2x2 tiling of x at the offsets."""
+    """x [B, C, H, W], offsets [B, 2] -> crop [B, C, H, W] of the 2x2 tiling of x at the offsets.
+
+    The crop at (r, c) of the tiling is x circularly shifted: crop[i, j] = x[(i+r) % H, (j+c) % W],
+    gathered directly (no tiled copy; the backward is a scatter of a permutation)."""
     b, c, h, w = x.shape
-    tiled = x.repeat(1, 1, 2, 2)                                              # [B, C, 2H, 2W]
-    rows = offsets[:, 0:1] + torch.arange(h, device=x.device)                 # [B, H]
-    cols = offsets[:, 1:2] + torch.arange(w, device=x.device)                 # [B, W]
-    batch = torch.arange(b, device=x.device)[:, None, None]
-    crop = tiled.permute(0, 2, 3, 1)[batch, rows[:, :, None], cols[:, None, :]]  # [B, H, W, C]
-    return crop.permute(0, 3, 1, 2)
+    rows = (offsets[:, 0:1] + torch.arange(h, device=x.device)) % h           # [B, H]
+    cols = (offsets[:, 1:2] + torch.arange(w, device=x.device)) % w           # [B, W]
+    idx = (rows[:, :, None] * w + cols[:, None, :]).view(b, 1, h * w).expand(b, c, h * w)
+    return x.reshape(b, c, h * w).gather(2, idx).view(b, c, h, w)
 
 
 class TextureMechanism(nn.Module):
