@@ -80,8 +80,21 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--steps", type=int, default=400, help="classifier steps (batch 64)")
     ap.add_argument("--run", type=Path, default=None, help="a reproduce run directory to time")
+    ap.add_argument("--parts", nargs="+", choices=["generation", "classifier"],
+                    default=["generation", "classifier"], help="which throughputs to measure")
     a = ap.parse_args()
     ref = "1" if a.reference_format else "0"
+    if "generation" in a.parts:
+        generation(a, ref)
+    if "classifier" in a.parts:
+        classifier(a)
+    if a.run:
+        print(f"reproduce wall time ({a.run})")
+        for k, v in reproduce_times(a.run).items():
+            print(f"  {k}: {v / 60:.1f} min (first to last logged step)")
+
+
+def generation(a, ref: str) -> None:
     print("counterfactual generation")
     for prec in ("bf16", "fp32"):
         r = child(GEN, a.checkpoint, ref, a.n, prec, a.threads)
@@ -90,14 +103,13 @@ def main() -> None:
     if a.memory_n:
         r = child(GEN, a.checkpoint, ref, a.memory_n, "bf16", a.threads)
         print(f"  bf16, {r['n']:,} images: {r['seconds']:.0f} s, peak RSS {r['peak_rss_mib']:,.0f} MiB")
+
+
+def classifier(a) -> None:
     print("classifier training (batch 64)")
     for prec in ("bf16", "fp32"):
         r = child(CLF, prec, a.threads, a.steps)
         print(f"  {prec}: {r['samples_per_s']:,.0f} samples/s")
-    if a.run:
-        print(f"reproduce wall time ({a.run})")
-        for k, v in reproduce_times(a.run).items():
-            print(f"  {k}: {v / 60:.1f} min (first to last logged step)")
 
 
 if __name__ == "__main__":

@@ -11,7 +11,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from cgn.mnist.model import MnistCGN
-from cgn.mnist.upconv import is_fusable, phase_kernel, run_layers, set_fused, upconv2x
+from cgn.mnist.upconv import (FrozenLayers, _zero_phase_border, frozen_inference, is_fusable, phase_kernel,
+                              polyphase_kernel, run_layers, set_fused, upconv2x)
 
 
 def plain(x, w, b=None):
@@ -135,3 +136,60 @@ def test_generator_bf16_channels_last_generation(generator):
         with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
             outs[fused] = model.run_mechanism("foreground", **inp).float()
     torch.testing.assert_close(outs[True], outs[False], atol=0.05, rtol=0.05)
+
+
+# ---- the inference path: folded BatchNorm, fused activations, polyphase convs -------------------
+
+def test_polyphase_conv_of_a_phase_map_equals_conv_of_the_interleaved_map():
+    torch.manual_seed(5)
+    x = torch.randn(2, 5, 4, 6, dtype=torch.float64)
+    w1, w2, b2 = (torch.randn(3, 5, 3, 3, dtype=torch.float64), torch.randn(2, 3, 3, 3, dtype=torch.float64),
+                  torch.randn(2, dtype=torch.float64))
+    ref = F.conv2d(plain(x, w1), w2, b2, padding=1)
+    phases = _zero_phase_border(F.conv2d(x, phase_kernel(w1), padding=1), 3)
+    out = F.pixel_shuffle(F.conv2d(phases, polyphase_kernel(w2), b2.repeat_interleave(4)), 2)
+    torch.testing.assert_close(out, ref, atol=1e-12, rtol=0)
+
+
+def _randomise_bn(model):
+    g = torch.Generator().manual_seed(6)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):  # non-trivial running statistics to fold
+            m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g) * 0.3)
+            m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
+            m.bias.data.copy_(torch.randn(m.bias.shape, generator=g) * 0.2)
+    return model
+
+
+@pytest.mark.parametrize("mechanism", ["shape", "foreground", "background"])
+def test_frozen_layers_equal_eval_layers_in_float64(generator, mechanism):
+    model = _randomise_bn(copy.deepcopy(generator)).double().eval()
+    layers = getattr(model, mechanism).layers
+    z = torch.randn(3, layers[0].in_features, dtype=torch.float64)
+    frozen = FrozenLayers(layers, torch.float64)
+    forms = [s.form for s in frozen.steps if hasattr(s, "form")]
+    assert forms == (["up", "up"] if mechanism == "shape" else ["up", "up-phases", "poly"])
+    with torch.no_grad():
+        torch.testing.assert_close(frozen(z), layers(z), atol=1e-10, rtol=1e-10)
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-4), (torch.bfloat16, 0.06)])
+def test_frozen_inference_matches_the_model(generator, dtype, tol):
+    model = _randomise_bn(copy.deepcopy(generator)).eval()
+    g = torch.Generator().manual_seed(7)
+    inp = {"labels": torch.arange(6) % 10, "noise": torch.randn(6, model.latent_dim, generator=g),
+           "offsets": torch.randint(0, 33, (6, 2), generator=g)}
+    with torch.no_grad():
+        ref = {m: model.run_mechanism(m, **(inp if m != "shape" else {k: inp[k] for k in ("labels", "noise")}))
+               for m in model.mechanisms}
+        with frozen_inference(model, dtype):
+            assert all(m.frozen is not None for m in (model.shape, model.foreground, model.background))
+            out = {m: model.run_mechanism(m, **(inp if m != "shape" else {k: inp[k] for k in ("labels", "noise")}))
+                   for m in model.mechanisms}
+    assert model.shape.frozen is None and model.foreground.frozen is None  # released on exit
+    for m in model.mechanisms:
+        assert out[m].dtype == dtype
+        torch.testing.assert_close(out[m].float(), ref[m], atol=tol, rtol=tol, msg=m)
+    with pytest.raises(ValueError, match="eval mode"):
+        with frozen_inference(model.train()):
+            pass

@@ -38,6 +38,7 @@ from cgn.core.composer import compose
 from cgn.core.progress import progress
 from cgn.core.sampling import to_uint8
 from cgn.errors import CGNError
+from cgn.mnist.upconv import frozen_inference
 from cgn.io import atomic_write, file_digest, save_npz_atomic, write_json_atomic
 
 FORMAT = "cgn-counterfactuals/1"
@@ -113,9 +114,12 @@ def plan(cfg: GenerateConfig, start: int, stop: int) -> dict[str, np.ndarray]:
 def _latents(model, mechanism: str, seeds: np.ndarray) -> dict[str, torch.Tensor]:
     """One item per seed, each from its own generator: independent of batching."""
     salt = _SALT[mechanism]
-    per_item = [model.draw_latents(mechanism, 1, torch.Generator().manual_seed(int(s)))
-                for s in _hash(seeds, salt)]
+    g = torch.Generator()  # reseeded per item: manual_seed resets the whole state
+    per_item = [model.draw_latents(mechanism, 1, g.manual_seed(int(s))) for s in _hash(seeds, salt)]
     return {k: torch.cat([d[k] for d in per_item]) for k in per_item[0]}
+
+
+_DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 
 
 @contextlib.contextmanager
@@ -131,15 +135,19 @@ def render(model, labels: dict[str, np.ndarray], counterfactual: bool, precision
            device: torch.device | str = "cpu") -> tuple[np.ndarray, np.ndarray]:
     """Images (uint8 [n, 32, 32, 3]) and masks (float32 [n, 32, 32]) for planned items."""
     device = torch.device(device)
-    lat_s = _latents(model, "shape", labels["shape_seed"])
+    # One mask per shape seed: the cf_ratio counterfactuals of a mask share it, so the shape
+    # mechanism runs once per distinct seed and its output is repeated.
+    shape_seeds, first, inverse = np.unique(labels["shape_seed"], return_index=True, return_inverse=True)
+    lat_s = _latents(model, "shape", shape_seeds)
     lat_f = _latents(model, "foreground", labels["seed"])
     lat_b = _latents(model, "background", labels["seed"])
     if not counterfactual:  # a plain sample: all three mechanisms share the shape noise
-        lat_f["noise"] = lat_b["noise"] = lat_s["noise"]
+        lat_f["noise"] = lat_b["noise"] = lat_s["noise"][torch.from_numpy(inverse)]
     ys = {k: torch.from_numpy(labels[k]).to(device) for k in ("shape", "texture", "background")}
     dev = lambda d: {k: v.to(device) for k, v in d.items()}  # noqa: E731
     with torch.no_grad(), _precision(precision, device):
-        m = model.run_mechanism("shape", ys["shape"], **dev(lat_s))
+        m = model.run_mechanism("shape", ys["shape"][torch.from_numpy(first).to(device)], **dev(lat_s))
+        m = m[torch.from_numpy(inverse).to(device)]
         f = model.run_mechanism("foreground", ys["texture"], **dev(lat_f))
         b = model.run_mechanism("background", ys["background"], **dev(lat_b))
         x = compose(m.float(), f.float(), b.float())
@@ -184,8 +192,6 @@ def generate(model, cfg: GenerateConfig, out: str | Path, *, source: dict,
     else:
         write_json_atomic(mpath, manifest)
     model = model.to(device).eval()
-    if torch.device(device).type == "cpu" and cfg.precision == "bf16":
-        model = model.to(memory_format=torch.channels_last)
     done = 0
     for k in range(manifest["n_shards"]):
         start, stop = k * cfg.shard_size, min(cfg.n, (k + 1) * cfg.shard_size)
@@ -195,10 +201,11 @@ def generate(model, cfg: GenerateConfig, out: str | Path, *, source: dict,
         images = np.empty((stop - start, 32, 32, 3), dtype=np.uint8)
         labels = plan(cfg, start, stop)
         bar = progress(range(start, stop, cfg.batch_size), desc=f"shard {k + 1}/{manifest['n_shards']}")
-        for a in bar:
-            b = min(stop, a + cfg.batch_size)
-            sl = {key: v[a - start:b - start] for key, v in labels.items()}
-            images[a - start:b - start], _ = render(model, sl, cfg.counterfactual, cfg.precision, device)
+        with frozen_inference(model, _DTYPES[cfg.precision]):
+            for a in bar:
+                b = min(stop, a + cfg.batch_size)
+                sl = {key: v[a - start:b - start] for key, v in labels.items()}
+                images[a - start:b - start], _ = render(model, sl, cfg.counterfactual, cfg.precision, device)
         img_path, lab_path = _shard_paths(out, k)
         with atomic_write(img_path) as f:
             np.save(f, images)
@@ -216,9 +223,8 @@ def regenerate(model, manifest: dict, shape: int, texture: int, background: int,
     labels = {"shape": one(shape), "texture": one(texture), "background": one(background),
               "seed": one(seed), "shape_seed": one(shape_seed)}
     model = model.to(device).eval()
-    if torch.device(device).type == "cpu" and cfg["precision"] == "bf16":
-        model = model.to(memory_format=torch.channels_last)
-    images, _ = render(model, labels, cfg["counterfactual"], cfg["precision"], device)
+    with frozen_inference(model, _DTYPES[cfg["precision"]]):
+        images, _ = render(model, labels, cfg["counterfactual"], cfg["precision"], device)
     return images[0]
 
 

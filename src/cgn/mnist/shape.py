@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from cgn.mnist.upconv import run_layers
+from cgn.mnist.upconv import Mechanism
 
 MASK_EPS = 1e-4
 
@@ -48,10 +48,7 @@ def instance_norm(c: int) -> nn.Module:
     return nn.InstanceNorm2d(c, affine=False, track_running_stats=False)
 
 
-class ShapeMechanism(nn.Module):
-    # True: each Upsample + Conv2d pair runs as one low-resolution conv (cgn.mnist.upconv, same
-    # function and parameters, about half the work); False: the plain layer-by-layer path.
-    fused = True
+class ShapeMechanism(Mechanism):
 
     def __init__(self, in_dim: int, ngf: int = 32, img_size: int = 32):
         super().__init__()
@@ -68,4 +65,4 @@ class ShapeMechanism(nn.Module):
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         """z [B, in_dim] -> mask [B, 1, H, W] in [1e-4, 1 - 1e-4]."""
-        return run_layers(self.layers, z, self.fused).clamp(MASK_EPS, 1 - MASK_EPS)
+        return self.body(z).clamp(MASK_EPS, 1 - MASK_EPS)

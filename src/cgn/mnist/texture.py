@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from cgn.mnist.shape import Reshape, upsample_block
-from cgn.mnist.upconv import run_layers
+from cgn.mnist.upconv import Mechanism
 
 
 def draw_offsets(n: int, img_size: int, generator: torch.Generator | None = None,
@@ -42,10 +42,7 @@ def tile_and_crop(x: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
     return x.reshape(b, c, h * w).gather(2, idx).view(b, c, h, w)
 
 
-class TextureMechanism(nn.Module):
-    # True: each Upsample + Conv2d pair runs as one low-resolution conv (cgn.mnist.upconv, same
-    # function and parameters, about half the work); False: the plain layer-by-layer path.
-    fused = True
+class TextureMechanism(Mechanism):
 
     def __init__(self, in_dim: int, ngf: int = 32, img_size: int = 32, channels: int = 3):
         super().__init__()
@@ -63,4 +60,4 @@ class TextureMechanism(nn.Module):
 
     def forward(self, z: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
         """z [B, in_dim], offsets [B, 2] -> texture [B, 3, H, W] in [-1, 1]."""
-        return tile_and_crop(run_layers(self.layers, z, self.fused), offsets)
+        return tile_and_crop(self.body(z), offsets)

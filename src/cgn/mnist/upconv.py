@@ -30,6 +30,8 @@ dtype and rounded once by the convolution's cast.
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -145,3 +147,202 @@ def set_fused(model: nn.Module, fused: bool) -> nn.Module:
         if hasattr(m, "fused") and isinstance(getattr(type(m), "fused", None), bool):
             m.fused = fused
     return model
+
+
+# ---- inference: BatchNorm folded, activations fused ---------------------------------------------
+
+_ACTIVATIONS = (nn.LeakyReLU, nn.Tanh)
+
+
+def _pointwise_op():
+    """oneDNN's conv + bias + activation kernel (what torch.compile uses on CPU), if present."""
+    try:
+        return torch.ops.mkldnn._convolution_pointwise
+    except (AttributeError, RuntimeError):
+        return None
+
+
+def _fold_bn(weight: torch.Tensor, bias: torch.Tensor | None, bn: nn.BatchNorm2d | None):
+    """Conv (weight, bias) followed by an eval-mode BatchNorm -> one conv's (weight, bias), folded
+    in float64."""
+    w = weight.detach().double()
+    b = bias.detach().double() if bias is not None else torch.zeros(w.shape[0], dtype=w.dtype, device=w.device)
+    if bn is None:
+        return w, b
+    scale = bn.weight.detach().double() / torch.sqrt(bn.running_var.double() + bn.eps)
+    return w * scale.view(-1, 1, 1, 1), (b - bn.running_mean.double()) * scale + bn.bias.detach().double()
+
+
+def polyphase_kernel(weight: torch.Tensor) -> torch.Tensor:
+    """3x3 conv weight [O, C, 3, 3] -> 2x2 weight [4*O, 4*C, 2, 2] that applies the conv to an
+    interleaved map directly from its phase map (see :func:`upconv2x`).
+
+    With X the interleaved map and y its phase map [4*C, H+1, W+1] (X[c, 2i+a, 2j+b] =
+    y[(2a+b)*C + c, i+a, j+b]) whose unused border entries are zero (phase a=1 row 0, phase a=0
+    row H, likewise for columns), the zero-padded X at fine row R = 2i+r, r in {-1, 0, 1, 2}, is
+    phase r mod 2 of y at row i + s(r), s = (0, 0, 1, 1). So output phase (a, b) of the conv at
+    (i, j) is a 2x2 convolution of y over rows i, i+1 and columns j, j+1 (no padding); output
+    channel o*4 + 2a + b, the order :func:`torch.nn.functional.pixel_shuffle` interleaves."""
+    o, c = weight.shape[:2]
+    k = weight.new_zeros(o, 4, 4, c, 2, 2)  # [out ch, out phase, in phase, in ch, row tap, col tap]
+    s = {-1: 0, 0: 0, 1: 1, 2: 1}
+    for a in range(2):
+        for b in range(2):
+            for di in (-1, 0, 1):
+                for dj in (-1, 0, 1):
+                    r, q = a + di, b + dj
+                    k[:, 2 * a + b, 2 * (r % 2) + q % 2, :, s[r], s[q]] += weight[:, :, di + 1, dj + 1]
+    return k.reshape(4 * o, 4 * c, 2, 2)
+
+
+def _zero_phase_border(y: torch.Tensor, cout: int) -> torch.Tensor:
+    """Zero the entries of a phase map [B, 4*Cout, H+1, W+1] that the interleave crops (in place)."""
+    for a in range(2):
+        for b in range(2):
+            ph = y[:, (2 * a + b) * cout:(2 * a + b + 1) * cout]
+            ph[:, :, -1 if a == 0 else 0].zero_()
+            ph[:, :, :, -1 if b == 0 else 0].zero_()
+    return y
+
+
+class _ConvStep:
+    """A conv with folded BatchNorm, bias and activation, in one of three forms:
+    ``plain`` (3x3, padding 1), ``up`` (an Upsample + conv pair as its 2x2 phase conv; the
+    activation runs before the interleave, it is elementwise) and ``up-phases`` (as ``up`` but the
+    phase map is handed on, borders zeroed, to a following ``poly`` step: a plain conv applied to
+    the phase map by :func:`polyphase_kernel`, then pixel-shuffled; this skips interleaving the
+    large map)."""
+
+    def __init__(self, conv: nn.Conv2d, bn: nn.BatchNorm2d | None, act: nn.Module | None,
+                 form: str, dtype: torch.dtype):
+        w, b = _fold_bn(conv.weight, conv.bias, bn)
+        self.form, self.cout = form, w.shape[0]
+        if form in ("up", "up-phases"):
+            w, b, self.padding = phase_kernel(w), b.repeat(4), [1, 1]
+        elif form == "poly":
+            w, b, self.padding = polyphase_kernel(w), b.repeat_interleave(4), [0, 0]
+        else:
+            self.padding = [int(p) for p in conv.padding]
+        self.weight = w.to(dtype).contiguous(memory_format=torch.channels_last)
+        self.bias = b.to(dtype)
+        if isinstance(act, nn.LeakyReLU):
+            self.act, self.act_args = "leaky_relu", [float(act.negative_slope)]
+        elif isinstance(act, nn.Tanh):
+            self.act, self.act_args = "tanh", []
+        else:
+            self.act, self.act_args = "none", []
+        self.op = (_pointwise_op() if self.weight.device.type == "cpu"
+                   and dtype in (torch.float32, torch.bfloat16) else None)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.op is not None:
+            y = self.op(x, self.weight, self.bias, self.padding, [1, 1], [1, 1], 1,
+                        self.act, self.act_args, "")
+        else:
+            y = F.conv2d(x, self.weight, self.bias, padding=self.padding)
+            if self.act == "leaky_relu":
+                y = F.leaky_relu(y, self.act_args[0], inplace=True)
+            elif self.act == "tanh":
+                y = torch.tanh(y)
+        if self.form == "plain":
+            return y
+        if self.form == "poly":
+            return F.pixel_shuffle(y, 2).contiguous(memory_format=torch.channels_last)
+        if not (y.is_contiguous() or _is_channels_last(y)):
+            y = y.contiguous()
+        if self.form == "up-phases":
+            return _zero_phase_border(y, self.cout)
+        return _Interleave.apply(y, self.cout, True)
+
+
+def _is_plain_conv(m: nn.Module) -> bool:
+    return (isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3) and m.stride == (1, 1)
+            and m.padding == (1, 1) and m.dilation == (1, 1) and m.groups == 1
+            and m.padding_mode == "zeros")
+
+
+class FrozenLayers:
+    """An eval-mode mechanism stack compiled for inference in ``dtype``: every 3x3 Conv2d (and
+    every fusable Upsample + Conv2d pair, as its phase conv) absorbs the BatchNorm and the
+    activation that follow it, an upconv feeding a 3x3 conv hands over its phase map (see
+    :func:`polyphase_kernel`); Linear, Reshape, InstanceNorm and anything else run as
+    themselves. The same function as ``layers.eval()`` up to float rounding, on a snapshot of
+    the weights (rebuild it after the weights change). Activations are channels_last."""
+
+    def __init__(self, layers: nn.Sequential, dtype: torch.dtype = torch.float32):
+        self.dtype = dtype
+        self.steps: list = []
+        mods, i = list(layers), 0
+        groups = []  # (index of the first module, conv, bn, act, upsampled) or (index, module)
+        while i < len(mods):
+            up = i + 1 < len(mods) and is_fusable(mods[i], mods[i + 1])
+            conv = mods[i + 1] if up else mods[i]
+            if _is_plain_conv(conv):
+                j = i + (2 if up else 1)
+                bn = mods[j] if j < len(mods) and isinstance(mods[j], nn.BatchNorm2d) else None
+                j += bn is not None
+                act = mods[j] if j < len(mods) and isinstance(mods[j], _ACTIVATIONS) else None
+                j += act is not None
+                groups.append((conv, bn, act, up))
+                i = j
+            else:
+                groups.append((mods[i],))
+                i += 1
+        for k, g in enumerate(groups):
+            if len(g) == 1:
+                self.steps.append(self._plain(g[0]))
+                continue
+            conv, bn, act, up = g
+            feeds_conv = k + 1 < len(groups) and len(groups[k + 1]) == 4 and not groups[k + 1][3]
+            after_up = k > 0 and len(groups[k - 1]) == 4 and groups[k - 1][3]
+            form = ("up-phases" if feeds_conv else "up") if up else ("poly" if after_up else "plain")
+            self.steps.append(_ConvStep(conv, bn, act, form, dtype))
+
+    def _plain(self, m: nn.Module):
+        if isinstance(m, nn.Linear):
+            w, b = m.weight.detach().to(self.dtype), m.bias.detach().to(self.dtype)
+            return lambda x: F.linear(x.to(self.dtype), w, b)
+        if isinstance(m, (nn.InstanceNorm2d, nn.BatchNorm2d)):  # statistics in fp32 at least
+            wide = torch.promote_types(self.dtype, torch.float32)
+            return lambda x: m(x.to(wide)).to(self.dtype).contiguous(memory_format=torch.channels_last)
+
+        def run(x, m=m):
+            y = m(x)
+            return y.contiguous(memory_format=torch.channels_last) if y.dim() == 4 else y
+        return run
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        for step in self.steps:
+            x = step(x)
+        return x
+
+
+class Mechanism(nn.Module):
+    """Base of the MNIST CGN mechanisms: ``self.layers`` run through :func:`run_layers`, or
+    through a :class:`FrozenLayers` while :func:`frozen_inference` holds one."""
+
+    # True: each Upsample + Conv2d pair runs as one low-resolution conv (same function and
+    # parameters, about half the work); False: the plain layer-by-layer path.
+    fused = True
+    frozen: FrozenLayers | None = None
+
+    def body(self, z: torch.Tensor) -> torch.Tensor:
+        if self.frozen is not None:
+            return self.frozen(z)
+        return run_layers(self.layers, z, self.fused)
+
+
+@contextlib.contextmanager
+def frozen_inference(model: nn.Module, dtype: torch.dtype = torch.float32):
+    """Within the block, every :class:`Mechanism` of the eval-mode ``model`` runs compiled
+    (:class:`FrozenLayers` in ``dtype``); the weights must not change meanwhile."""
+    if model.training:
+        raise ValueError("frozen_inference needs a model in eval mode")
+    mechs = [m for m in model.modules() if isinstance(m, Mechanism)]
+    for m in mechs:
+        m.frozen = FrozenLayers(m.layers, dtype)
+    try:
+        yield model
+    finally:
+        for m in mechs:
+            m.frozen = None
