@@ -97,7 +97,7 @@ class ArrayImages(Dataset):
 
     def __getitems__(self, indices) -> tuple[torch.Tensor, torch.Tensor]:
         idx = np.asarray(indices, dtype=np.int64)
-        x = variants.to_tensor(self.raw(idx)).contiguous(memory_format=torch.channels_last)
+        x = variants.to_tensor(self.raw(idx)).contiguous()  # NCHW: see MnistClassifier.forward
         return x, self.labels[torch.from_numpy(idx)]
 
     def __getitem__(self, i: int):
