@@ -105,6 +105,10 @@ def test_reproduce_jobs_validated_and_not_part_of_the_run_identity(tmp_path):
     Reproduction(quick_config(jobs=2), out, "cgn reproduce mnist --quick --jobs 2")
     with pytest.raises(CGNError, match="other settings"):
         Reproduction(quick_config(epochs=3), out, "cgn reproduce mnist --quick --epochs 3")
+    # Ablation sizes may be added to a run (each size has its own outputs); the run records them.
+    Reproduction(quick_config(ablation_sizes=[1000, 20000]), out, "cgn reproduce mnist --quick --ablation-sizes 1e3,2e4")
+    assert json.loads((out / "config.json").read_text())["config"]["ablation_sizes"] == [1000, 20000]
+    assert "ablation_sizes [] -> [1000, 20000]" in (out / "log.txt").read_text()
 
 
 @pytest.mark.slow

@@ -21,7 +21,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="For each dataset: take the authors' CGN (--cgn reference DIR) or train one with "
                     "the preset recipe (--cgn trained), generate counterfactuals, train the classifier "
                     "on each training set and write Markdown + JSON tables beside the published "
-                    "numbers. Rerun the same command to resume (--jobs and --threads may change). "
+                    "numbers. Rerun the same command to resume (--jobs and --threads may change, "
+                    "--ablation-sizes may gain sizes). "
                     "--jobs N runs up to N datasets at once in separate processes.")
     m.add_argument("--dataset", action="append", choices=VARIANTS, default=None,
                    help="only this dataset (repeatable; default: all three)")

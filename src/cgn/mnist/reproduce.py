@@ -94,10 +94,13 @@ QUICK = {"datasets": ["colored-mnist"], "cgn": "trained", "cgn_steps": 1500, "n_
 # How a run executes, not what it computes: a rerun may change them and still resume. (A different
 # thread count may change float rounding of the steps still to run, as train-cgn's --resume allows.)
 EXECUTION_FIELDS = ("jobs", "threads")
+# Outputs keyed by their own value (cf-<size>/, clf-real+cf-<size>/): sizes may be added when
+# resuming, and the steps already done are reused.
+EXTENSIBLE_FIELDS = ("ablation_sizes",)
 
 
 def _identity(config: dict) -> dict:
-    return {k: v for k, v in config.items() if k not in EXECUTION_FIELDS}
+    return {k: v for k, v in config.items() if k not in EXECUTION_FIELDS + EXTENSIBLE_FIELDS}
 
 
 class Reproduction:
@@ -112,9 +115,17 @@ class Reproduction:
             if not path.is_file():
                 raise CGNError(f"{path} not found; --cgn reference DIR needs {REFERENCE_FILES[dataset]} in DIR")
         self.run = RunDir(self.out, asdict(cfg), resume=resume)
-        if _identity(self.run.stored_config()) != _identity(asdict(cfg)):
+        stored = self.run.stored_config()
+        if _identity(stored) != _identity(asdict(cfg)):
             raise CGNError(f"{self.out} holds a reproduction with other settings; use another --out "
                            "or the same options as before")
+        changed = [k for k in EXTENSIBLE_FIELDS if stored.get(k, []) != asdict(cfg)[k]]
+        if changed:
+            record = json.loads(self.run.config_path.read_text())
+            record["config"].update({k: asdict(cfg)[k] for k in changed})
+            write_json_atomic(self.run.config_path, record)
+            self.run.log("resumed with " + ", ".join(f"{k} {stored.get(k, [])} -> {asdict(cfg)[k]}"
+                                                     for k in changed))
         self.rows: list[dict] = []
 
     # -- steps ---------------------------------------------------------------------------------
