@@ -53,6 +53,20 @@ with tempfile.TemporaryDirectory() as out:
 print(json.dumps({"precision": prec, "steps": steps, "samples_per_s": steps * 64 / sec}))
 """
 
+# Classifier training on a generated set (e.g. 1e6 counterfactuals): peak and final resident memory.
+CLF_MEM = r"""
+import json, resource, sys, tempfile, torch
+from cgn.mnist.classify import ClassifierConfig, train_classifier
+generated, dataset, threads, steps = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+cfg = ClassifierConfig(dataset=dataset, train_set="real+cf", generated=generated, epochs=1, threads=threads)
+with tempfile.TemporaryDirectory() as out:
+    train_classifier(cfg, out, max_steps=steps)
+status = dict(l.split(":", 1) for l in open("/proc/self/status").read().splitlines() if ":" in l)
+mib = lambda k: int(status[k].split()[0]) / 1024
+print(json.dumps({"steps": steps, "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                  "rss_anon_mib": mib("RssAnon"), "rss_file_mib": mib("RssFile")}))
+"""
+
 
 def child(code: str, *args) -> dict:
     r = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True)
@@ -80,7 +94,11 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--steps", type=int, default=400, help="classifier steps (batch 64)")
     ap.add_argument("--run", type=Path, default=None, help="a reproduce run directory to time")
-    ap.add_argument("--parts", nargs="+", choices=["generation", "classifier"],
+    ap.add_argument("--memory-generated", type=Path, default=None,
+                    help="a generated set (e.g. 1e6 counterfactuals): peak memory of classifier training on it")
+    ap.add_argument("--memory-dataset", default="colored-mnist", help="the variant of --memory-generated")
+    ap.add_argument("--memory-steps", type=int, default=3000, help="classifier steps for --memory-generated")
+    ap.add_argument("--parts", nargs="*", choices=["generation", "classifier"],
                     default=["generation", "classifier"], help="which throughputs to measure")
     a = ap.parse_args()
     ref = "1" if a.reference_format else "0"
@@ -88,6 +106,11 @@ def main() -> None:
         generation(a, ref)
     if "classifier" in a.parts:
         classifier(a)
+    if a.memory_generated:
+        r = child(CLF_MEM, a.memory_generated, a.memory_dataset, a.threads, a.memory_steps)
+        print(f"classifier training on {a.memory_generated} ({r['steps']:,} steps of 64): peak RSS "
+              f"{r['peak_rss_mib']:,.0f} MiB; at the end {r['rss_anon_mib']:,.0f} MiB anonymous + "
+              f"{r['rss_file_mib']:,.0f} MiB file-backed (memory-mapped shards)")
     if a.run:
         print(f"reproduce wall time ({a.run})")
         for k, v in reproduce_times(a.run).items():

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from cgn.config import check, from_dict, override, to_dict
+from cgn.config import changed_fields, check, from_dict, override, to_dict
 from cgn.core.checkpoint import load_checkpoint, load_state_dict_strict, save_checkpoint, torch_load
 from cgn.core.composer import compose
 from cgn.core.rundir import RunDir
@@ -67,6 +67,14 @@ def test_config_roundtrip_and_overrides():
         override(cfg, ["steps=1.5"])
     with pytest.raises(CGNError, match="unknown field"):
         from_dict(Outer, {"stepz": 3})
+
+
+def test_changed_fields_nested_missing_and_ignored():
+    old = {"train": {"epochs": 3, "seed": 0}, "jobs": 1, "gone": 5}
+    new = {"train": {"epochs": 4, "seed": 0}, "jobs": 2, "extra": {}}
+    assert changed_fields(old, new) == ["gone", "jobs", "train.epochs"]
+    assert changed_fields(old, new, ignore=("jobs", "train.epochs")) == ["gone"]
+    assert changed_fields(new, new) == []
 
 
 def test_checkpoint_roundtrip_and_errors(tmp_path):

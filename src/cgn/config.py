@@ -19,6 +19,29 @@ from cgn.errors import CGNError
 T = TypeVar("T")
 
 
+def flatten(d: dict, prefix: str = "") -> dict:
+    """Nested config dict -> {dotted path: leaf value}."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+_ABSENT = object()
+
+
+def changed_fields(old: dict, new: dict, ignore: typing.Iterable[str] = ()) -> list[str]:
+    """Sorted dotted paths of the settings that differ between two config dicts (a setting on one
+    side only counts as changed), leaving out ``ignore``: how runs, datasets and reproductions
+    decide whether a rerun continues the same work (execution-only settings are ignored)."""
+    a, b, skip = flatten(old), flatten(new), set(ignore)
+    return sorted(k for k in a.keys() | b.keys()
+                  if k not in skip and a.get(k, _ABSENT) != b.get(k, _ABSENT))
+
+
 def to_dict(cfg: Any) -> dict:
     return dataclasses.asdict(cfg)
 

@@ -36,7 +36,7 @@ from typing import Literal
 
 import numpy as np
 
-from cgn.config import check
+from cgn.config import changed_fields, check
 from cgn.core.rundir import RunDir
 from cgn.errors import CGNError
 from cgn.io import write_json_atomic, write_text_atomic
@@ -99,10 +99,6 @@ EXECUTION_FIELDS = ("jobs", "threads")
 EXTENSIBLE_FIELDS = ("ablation_sizes",)
 
 
-def _identity(config: dict) -> dict:
-    return {k: v for k, v in config.items() if k not in EXECUTION_FIELDS + EXTENSIBLE_FIELDS}
-
-
 class Reproduction:
     def __init__(self, cfg: ReproduceConfig, out: str | Path, command: str, resume: bool = True):
         self.cfg, self.out, self.command = cfg, Path(out), command
@@ -116,7 +112,7 @@ class Reproduction:
                 raise CGNError(f"{path} not found; --cgn reference DIR needs {REFERENCE_FILES[dataset]} in DIR")
         self.run = RunDir(self.out, asdict(cfg), resume=resume)
         stored = self.run.stored_config()
-        if _identity(stored) != _identity(asdict(cfg)):
+        if changed_fields(stored, asdict(cfg), ignore=EXECUTION_FIELDS + EXTENSIBLE_FIELDS):
             raise CGNError(f"{self.out} holds a reproduction with other settings; use another --out "
                            "or the same options as before")
         changed = [k for k in EXTENSIBLE_FIELDS if stored.get(k, []) != asdict(cfg)[k]]

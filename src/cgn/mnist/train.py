@@ -40,7 +40,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from cgn.config import to_dict
+from cgn.config import changed_fields, flatten, to_dict
 from cgn.core.checkpoint import load_checkpoint, save_checkpoint
 from cgn.core.device import resolve_device
 from cgn.core.losses import (STYLE_SCALE, StyleLoss, lsgan_discriminator_loss, lsgan_generator_loss,
@@ -66,16 +66,6 @@ TIMELINE_ROWS = 12      # frames shown in mask_timeline.png (evenly spaced over 
 
 def _sub_seed(seed: int, *key: int) -> int:
     return int(np.random.SeedSequence([int(seed), *key]).generate_state(1, dtype=np.uint64)[0] >> 1)
-
-
-def _flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 # --- data --------------------------------------------------------------------------------------
@@ -332,15 +322,15 @@ class Trainer:
         stored_record = json.loads((self.out / "config.json").read_text())
         stored_dict = {k: v for k, v in stored_record["config"].items() if k != "resolved"}
         stored = config_from_dict(stored_dict)
-        new = _flatten(to_dict(cfg))
-        old = _flatten(stored_dict)
-        if cfg.loss.feature_extractor == "auto":
-            new["loss.feature_extractor"] = old.get("loss.feature_extractor")
-        changed = sorted(k for k in new if new[k] != old.get(k))
-        bad = [k for k in changed if k not in RESUMABLE_CHANGES]
+        new_dict = to_dict(cfg)
+        if cfg.loss.feature_extractor == "auto":  # resolved when the run started
+            new_dict["loss"]["feature_extractor"] = stored_dict["loss"]["feature_extractor"]
+        new, old = flatten(new_dict), flatten(stored_dict)
+        changed = changed_fields(stored_dict, new_dict)
+        bad = changed_fields(stored_dict, new_dict, ignore=RESUMABLE_CHANGES)
         if bad:
             raise CGNError(f"--resume: the run in {self.out} was started with a different config "
-                           f"({', '.join(f'{k}: {old.get(k)!r} -> {new[k]!r}' for k in bad[:3])}); "
+                           f"({', '.join(f'{k}: {old.get(k)!r} -> {new.get(k)!r}' for k in bad[:3])}); "
                            "resume with the same options or start a new --out")
         if changed:
             merged = config_from_dict({**stored_dict, "train": {**stored_dict["train"],
