@@ -110,7 +110,7 @@ def main() -> None:
         r = child(CLF_MEM, a.memory_generated, a.memory_dataset, a.threads, a.memory_steps)
         print(f"classifier training on {a.memory_generated} ({r['steps']:,} steps of 64): peak RSS "
               f"{r['peak_rss_mib']:,.0f} MiB; at the end {r['rss_anon_mib']:,.0f} MiB anonymous + "
-              f"{r['rss_file_mib']:,.0f} MiB file-backed (memory-mapped shards)")
+              f"{r['rss_file_mib']:,.0f} MiB file-backed (shared libraries and mapped files)")
     if a.run:
         print(f"reproduce wall time ({a.run})")
         for k, v in reproduce_times(a.run).items():
