@@ -26,6 +26,11 @@ of parameters): state dicts and checkpoints are those of the plain pair, and out
 gradients agree with it up to float rounding.
 Additions are not autocast, so under bf16 autocast the summed kernel is formed in the weight's
 dtype and rounded once by the convolution's cast.
+
+Inference (:func:`frozen_inference`, used by counterfactual generation) goes further on a
+snapshot of the weights: BatchNorm folded into the conv before it, the activation computed inside
+oneDNN's convolution kernel, and a 3x3 conv that follows an up-conv applied to the up-conv's
+phase map directly (:func:`polyphase_kernel`), so the largest feature map is never interleaved.
 """
 
 from __future__ import annotations
