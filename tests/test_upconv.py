@@ -193,3 +193,18 @@ def test_frozen_inference_matches_the_model(generator, dtype, tol):
     with pytest.raises(ValueError, match="eval mode"):
         with frozen_inference(model.train()):
             pass
+
+
+def test_frozen_layers_fall_back_when_the_fused_kernel_fails(generator, monkeypatch):
+    import cgn.mnist.upconv as U
+    model = _randomise_bn(copy.deepcopy(generator)).eval()
+    layers, z = model.foreground.layers, torch.randn(2, model.foreground.layers[0].in_features)
+    with torch.no_grad():
+        ref = layers(z)
+
+        def broken(*args):
+            raise RuntimeError("no such kernel")
+        monkeypatch.setattr(U, "_pointwise_op", lambda: broken)
+        frozen = FrozenLayers(layers, torch.float32)
+        torch.testing.assert_close(frozen(z), ref, atol=1e-4, rtol=1e-4)
+        assert all(getattr(s, "op", None) is None for s in frozen.steps)

@@ -240,10 +240,14 @@ class _ConvStep:
                    and dtype in (torch.float32, torch.bfloat16) else None)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        y = None
         if self.op is not None:
-            y = self.op(x, self.weight, self.bias, self.padding, [1, 1], [1, 1], 1,
-                        self.act, self.act_args, "")
-        else:
+            try:
+                y = self.op(x, self.weight, self.bias, self.padding, [1, 1], [1, 1], 1,
+                            self.act, self.act_args, "")
+            except RuntimeError:  # a build or CPU without this kernel: the plain ops from now on
+                self.op = None
+        if y is None:
             y = F.conv2d(x, self.weight, self.bias, padding=self.padding)
             if self.act == "leaky_relu":
                 y = F.leaky_relu(y, self.act_args[0], inplace=True)
