@@ -80,10 +80,15 @@ def test_generate_regenerate_and_resume(tiny_cgn, tmp_path):
     with pytest.raises(CGNError, match="incomplete .*resume"):
         C.CounterfactualSet(out)
     logs = []
+    # A dataset started by an older renderer (no "renderer" in its manifest) resumes with a note.
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest.pop("renderer") == C.RENDERER
+    (out / "manifest.json").write_text(json.dumps(manifest))
     # The batch size only sets the pace: a resume with another one is accepted, same images.
     C.generate(model, dataclasses.replace(cfg, batch_size=7), out,
                source=C.checkpoint_source(path, {"dataset": "double-colored-mnist"}), log=logs.append)
-    assert logs and "1 of 3 shards" in logs[0]
+    assert any("renderer layers-1" in line for line in logs)
+    assert any("1 of 3 shards" in line for line in logs)
     assert np.array_equal(C.CounterfactualSet(out).images(np.arange(70)), imgs)
     # Other settings into the same folder are refused.
     with pytest.raises(CGNError, match="different generation"):

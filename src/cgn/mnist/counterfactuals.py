@@ -43,6 +43,11 @@ from cgn.mnist.upconv import frozen_inference
 from cgn.io import atomic_write, file_digest, save_npz_atomic, write_json_atomic
 
 FORMAT = "cgn-counterfactuals/1"
+# How images are computed from the seeds. The same seeds give the same images up to float
+# rounding across renderers; bit-exact regeneration needs the renderer that wrote the shard.
+#   layers-1: the mechanisms layer by layer under bf16 autocast (datasets made before 2026-11-28)
+#   frozen-1: cgn.mnist.upconv.frozen_inference (folded BatchNorm, fused kernels, polyphase)
+RENDERER = "frozen-1"
 
 
 @dataclass
@@ -177,7 +182,7 @@ def generate(model, cfg: GenerateConfig, out: str | Path, *, source: dict,
     """Write (or resume) a dataset. ``source`` describes the CGN (path, sha256, ...)."""
     out = Path(out)
     manifest = {"format": FORMAT, "config": asdict(cfg), "generator": source,
-                "n_shards": -(-cfg.n // cfg.shard_size)}
+                "n_shards": -(-cfg.n // cfg.shard_size), "renderer": RENDERER}
     mpath = out / "manifest.json"
     if mpath.exists():
         old = json.loads(mpath.read_text())
@@ -186,6 +191,9 @@ def generate(model, cfg: GenerateConfig, out: str | Path, *, source: dict,
                 old.get("generator", {}).get("sha256") != source.get("sha256"):
             raise CGNError(f"{out} already holds a different generation (other settings or CGN); "
                            "choose another --out or delete it")
+        if old.get("renderer", "layers-1") != RENDERER:
+            log(f"note: {out} was started by renderer {old.get('renderer', 'layers-1')}; its remaining "
+                f"shards are written by {RENDERER} (same seeds, images equal up to bf16 rounding)")
     else:
         write_json_atomic(mpath, manifest)
     model = model.to(device).eval()
@@ -214,7 +222,8 @@ def generate(model, cfg: GenerateConfig, out: str | Path, *, source: dict,
 
 def regenerate(model, manifest: dict, shape: int, texture: int, background: int, seed: int,
                shape_seed: int, device: torch.device | str = "cpu") -> np.ndarray:
-    """Rebuild one image (uint8 [32, 32, 3]) from its stored labels and seeds."""
+    """Rebuild one image (uint8 [32, 32, 3]) from its stored labels and seeds (bit for bit when
+    the manifest's ``renderer`` is :data:`RENDERER`; older datasets agree up to bf16 rounding)."""
     cfg = manifest["config"]
     one = lambda v: np.array([v], dtype=np.int64)  # noqa: E731
     labels = {"shape": one(shape), "texture": one(texture), "background": one(background),
