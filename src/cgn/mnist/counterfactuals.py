@@ -39,8 +39,8 @@ from cgn.core.composer import compose
 from cgn.core.progress import progress
 from cgn.core.sampling import to_uint8
 from cgn.errors import CGNError
-from cgn.mnist.upconv import frozen_inference
 from cgn.io import atomic_write, file_digest, save_npz_atomic, write_json_atomic
+from cgn.mnist.upconv import frozen_inference
 
 FORMAT = "cgn-counterfactuals/1"
 # How images are computed from the seeds. The same seeds give the same images up to float
