@@ -198,23 +198,24 @@ def generate(model, cfg: GenerateConfig, out: str | Path, *, source: dict,
         write_json_atomic(mpath, manifest)
     model = model.to(device).eval()
     done = 0
-    for k in range(manifest["n_shards"]):
-        start, stop = k * cfg.shard_size, min(cfg.n, (k + 1) * cfg.shard_size)
-        if _shard_done(out, k, stop - start):
-            done += 1
-            continue
-        images = np.empty((stop - start, 32, 32, 3), dtype=np.uint8)
-        labels = plan(cfg, start, stop)
-        bar = progress(range(start, stop, cfg.batch_size), desc=f"shard {k + 1}/{manifest['n_shards']}")
-        with frozen_inference(model, _DTYPES[cfg.precision]):
+    # The mechanisms compiled once for the whole run (a snapshot of the weights: they do not change)
+    with frozen_inference(model, _DTYPES[cfg.precision]):
+        for k in range(manifest["n_shards"]):
+            start, stop = k * cfg.shard_size, min(cfg.n, (k + 1) * cfg.shard_size)
+            if _shard_done(out, k, stop - start):
+                done += 1
+                continue
+            images = np.empty((stop - start, 32, 32, 3), dtype=np.uint8)
+            labels = plan(cfg, start, stop)
+            bar = progress(range(start, stop, cfg.batch_size), desc=f"shard {k + 1}/{manifest['n_shards']}")
             for a in bar:
                 b = min(stop, a + cfg.batch_size)
                 sl = {key: v[a - start:b - start] for key, v in labels.items()}
                 images[a - start:b - start], _ = render(model, sl, cfg.counterfactual, cfg.precision, device)
-        img_path, lab_path = _shard_paths(out, k)
-        with atomic_write(img_path) as f:
-            np.save(f, images)
-        save_npz_atomic(lab_path, **labels)  # written last: marks the shard complete
+            img_path, lab_path = _shard_paths(out, k)
+            with atomic_write(img_path) as f:
+                np.save(f, images)
+            save_npz_atomic(lab_path, **labels)  # written last: marks the shard complete
     if done:
         log(f"resumed: {done} of {manifest['n_shards']} shards were already complete")
     return manifest

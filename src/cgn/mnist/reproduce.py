@@ -111,17 +111,16 @@ class Reproduction:
             if not path.is_file():
                 raise CGNError(f"{path} not found; --cgn reference DIR needs {REFERENCE_FILES[dataset]} in DIR")
         self.run = RunDir(self.out, asdict(cfg), resume=resume)
-        stored = self.run.stored_config()
-        if changed_fields(stored, asdict(cfg), ignore=EXECUTION_FIELDS + EXTENSIBLE_FIELDS):
+        stored, new = self.run.stored_config(), asdict(cfg)
+        if changed_fields(stored, new, ignore=EXECUTION_FIELDS + EXTENSIBLE_FIELDS):
             raise CGNError(f"{self.out} holds a reproduction with other settings; use another --out "
                            "or the same options as before")
-        changed = [k for k in EXTENSIBLE_FIELDS if stored.get(k, []) != asdict(cfg)[k]]
+        changed = [k for k in EXTENSIBLE_FIELDS if stored.get(k, []) != new[k]]
         if changed:
             record = json.loads(self.run.config_path.read_text())
-            record["config"].update({k: asdict(cfg)[k] for k in changed})
+            record["config"].update({k: new[k] for k in changed})
             write_json_atomic(self.run.config_path, record)
-            self.run.log("resumed with " + ", ".join(f"{k} {stored.get(k, [])} -> {asdict(cfg)[k]}"
-                                                     for k in changed))
+            self.run.log("resumed with " + ", ".join(f"{k} {stored.get(k, [])} -> {new[k]}" for k in changed))
         self.rows: list[dict] = []
 
     # -- steps ---------------------------------------------------------------------------------

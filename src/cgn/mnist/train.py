@@ -327,7 +327,7 @@ class Trainer:
             new_dict["loss"]["feature_extractor"] = stored_dict["loss"]["feature_extractor"]
         new, old = flatten(new_dict), flatten(stored_dict)
         changed = changed_fields(stored_dict, new_dict)
-        bad = changed_fields(stored_dict, new_dict, ignore=RESUMABLE_CHANGES)
+        bad = [k for k in changed if k not in RESUMABLE_CHANGES]
         if bad:
             raise CGNError(f"--resume: the run in {self.out} was started with a different config "
                            f"({', '.join(f'{k}: {old.get(k)!r} -> {new.get(k)!r}' for k in bad[:3])}); "

@@ -119,6 +119,13 @@ class _Interleave(torch.autograd.Function):
         return grad_y, None, None
 
 
+def _is_plain_conv(m: nn.Module) -> bool:
+    """A 3x3 conv, stride 1, zero padding 1, no dilation or groups."""
+    return (isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3) and m.stride == (1, 1)
+            and m.padding == (1, 1) and m.dilation == (1, 1) and m.groups == 1
+            and m.padding_mode == "zeros")
+
+
 def is_fusable(up: nn.Module, conv: nn.Module) -> bool:
     """Whether ``up`` then ``conv`` is a nearest x2 upsampling into a 3x3/stride-1/pad-1 conv."""
     if not (isinstance(up, nn.Upsample) and isinstance(conv, nn.Conv2d)):
@@ -126,8 +133,7 @@ def is_fusable(up: nn.Module, conv: nn.Module) -> bool:
     sf = up.scale_factor
     sf = tuple(sf) if isinstance(sf, (tuple, list)) else (sf, sf)
     return (up.mode == "nearest" and up.size is None and all(float(s) == 2.0 for s in sf)
-            and conv.kernel_size == (3, 3) and conv.stride == (1, 1) and conv.padding == (1, 1)
-            and conv.dilation == (1, 1) and conv.groups == 1 and conv.padding_mode == "zeros")
+            and _is_plain_conv(conv))
 
 
 def run_layers(layers: nn.Sequential, x: torch.Tensor, fused: bool = True) -> torch.Tensor:
@@ -264,12 +270,6 @@ class _ConvStep:
         return _Interleave.apply(y, self.cout, True)
 
 
-def _is_plain_conv(m: nn.Module) -> bool:
-    return (isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3) and m.stride == (1, 1)
-            and m.padding == (1, 1) and m.dilation == (1, 1) and m.groups == 1
-            and m.padding_mode == "zeros")
-
-
 class FrozenLayers:
     """An eval-mode mechanism stack compiled for inference in ``dtype``: every 3x3 Conv2d (and
     every fusable Upsample + Conv2d pair, as its phase conv) absorbs the BatchNorm and the
@@ -282,7 +282,7 @@ class FrozenLayers:
         self.dtype = dtype
         self.steps: list = []
         mods, i = list(layers), 0
-        groups = []  # (index of the first module, conv, bn, act, upsampled) or (index, module)
+        groups = []  # (conv, bn or None, activation or None, upsampled) or (module,)
         while i < len(mods):
             up = i + 1 < len(mods) and is_fusable(mods[i], mods[i + 1])
             conv = mods[i + 1] if up else mods[i]
