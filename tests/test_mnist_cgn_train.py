@@ -150,3 +150,36 @@ def test_conv_discriminator_ssim_and_border_losses(tmp_path):
     assert len(rows) == 2 and rows[0]["g_ssim"] > 0 and rows[0]["g_border"] > 0
     results = json.loads((out / "results.json").read_text())
     assert {"fg_colour_accuracy", "bg_colour_accuracy"} <= set(results)
+
+
+def test_background_bias_from_data_is_the_median_colour():
+    # a fifth of the pixels are "digit" (bright red), the rest a dark grey background
+    imgs = torch.full((10, 3, 8, 8), 25, dtype=torch.uint8)
+    imgs[:, 0, :2, :8] = 250
+    bias = train_mod.background_bias_from_data(imgs)
+    assert torch.allclose(torch.tanh(bias), torch.full((3,), 25 / 127.5 - 1), atol=1e-6)
+    black = torch.zeros(4, 3, 8, 8, dtype=torch.uint8)  # saturated: clipped, not -inf
+    assert torch.allclose(train_mod.background_bias_from_data(black), torch.full((3,), -2.9945), atol=1e-3)
+
+
+def test_data_background_bias_and_resume_of_an_older_config(tmp_path):
+    """--set model.background_bias=data starts the background's output bias at the data's median
+    colour; a run whose config.json predates a field resumes (the field takes its default)."""
+    require_mnist()
+    out = tmp_path / "bg"
+    args = ["train-cgn", "--preset", "colored-mnist", "--limit-train", "32", "--feature-extractor", "random",
+            "--set", "model.ndf=8", "--set", "train.eval_samples=20", "--set", "train.shape_judge=false",
+            "--set", "train.checkpoint_every=1", "--out", str(out)]
+    assert main([*args, "--steps", "2", "--set", "model.background_bias=data"]) == 0
+    bias = _states(out)["model"]["background.layers.11.bias"]
+    assert torch.all((bias + 2.9945).abs() < 2 * 2e-4 + 1e-4)  # colored MNIST: black, moved <= 2 Adam steps
+    assert "background output bias initialised from the data" in (out / "log.txt").read_text()
+
+    plain = tmp_path / "plain"
+    assert main([*args[:-1], str(plain), "--steps", "1"]) == 0
+    assert _states(plain)["model"]["background.layers.11.bias"].abs().max() < 1e-3
+    record = json.loads((plain / "config.json").read_text())
+    del record["config"]["model"]["background_bias"]  # as written before the field existed
+    (plain / "config.json").write_text(json.dumps(record))
+    assert main([*args[:-1], str(plain), "--steps", "2", "--resume"]) == 0
+    assert _states(plain)["step"] == 2

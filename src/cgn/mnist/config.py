@@ -30,8 +30,13 @@ class ModelConfig:
                                                             "BatchNorm weights ~ N(1, gain)"})
     disc: Literal["linear", "conv"] = field(default="linear", metadata={"help": "discriminator type"})
     ndf: int = field(default=512, metadata={"help": "discriminator width"})
+    background_bias: Literal["zero", "data"] = field(default="zero", metadata={
+        "help": "initial bias of the background mechanism's output BatchNorm: zero (the original) "
+                "or data: atanh of the training images' per-channel median pixel, i.e. the "
+                "background colour (docs/mnist_cgn.md, 'Colored MNIST')"})
 
     def __post_init__(self):
+        check(self.background_bias in ("zero", "data"), "background_bias must be 'zero' or 'data'")
         check(self.n_classes >= 2, "n_classes must be >= 2")
         check(self.latent_dim >= 1 and self.ngf >= 1 and self.ndf >= 1, "widths must be >= 1")
         check(self.img_size >= 16 and self.img_size % 4 == 0, "img_size must be a multiple of 4, >= 16")

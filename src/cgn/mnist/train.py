@@ -91,6 +91,16 @@ class InMemoryData:
         return x, self.labels[idx].to(device)
 
 
+def background_bias_from_data(images: torch.Tensor, max_images: int = 5000) -> torch.Tensor:
+    """uint8 images [N, 3, H, W] -> [3] = atanh(per-channel median pixel in [-1, 1]), clipped to
+    |x| <= 0.995 (|bias| <= 3). Digits cover about a fifth of an MNIST image, so the median pixel
+    is background: black in colored MNIST, where tanh only reaches it at a large negative
+    pre-activation. See docs/mnist_cgn.md ('Colored MNIST')."""
+    x = images[:max_images].permute(1, 0, 2, 3).reshape(images.shape[1], -1)
+    med = x.median(dim=1).values.float() / 127.5 - 1.0
+    return torch.atanh(med.clamp(-0.995, 0.995))
+
+
 # --- shape judge: are the masks recognisable digits? ----------------------------------------------
 
 class ShapeJudge:
@@ -278,6 +288,11 @@ class Trainer:
         self.steps_per_epoch = len(self.data) // t.batch_size
         self.total_steps = t.max_steps if t.max_steps is not None else t.epochs * self.steps_per_epoch
         self.data_gen = torch.Generator().manual_seed(_sub_seed(t.seed, 1))
+        if cfg.model.background_bias == "data":  # (a resume then restores the trained weights)
+            bias = background_bias_from_data(self.data.images)
+            with torch.no_grad():
+                self.G.background.layers[11].bias.copy_(bias)
+            self.run.log(f"background output bias initialised from the data: {bias.tolist()}", echo=False)
 
         # fixed inputs for sample grids and the mask timeline
         g = torch.Generator().manual_seed(_sub_seed(t.seed, 2))
@@ -320,8 +335,9 @@ class Trainer:
 
     def _check_resume_config(self, cfg: CGNTrainConfig) -> CGNTrainConfig:
         stored_record = json.loads((self.out / "config.json").read_text())
-        stored_dict = {k: v for k, v in stored_record["config"].items() if k != "resolved"}
-        stored = config_from_dict(stored_dict)
+        # parsed and re-serialised: fields added since the run started take their defaults
+        stored = config_from_dict({k: v for k, v in stored_record["config"].items() if k != "resolved"})
+        stored_dict = to_dict(stored)
         new_dict = to_dict(cfg)
         if cfg.loss.feature_extractor == "auto":  # resolved when the run started
             new_dict["loss"]["feature_extractor"] = stored_dict["loss"]["feature_extractor"]
