@@ -136,6 +136,10 @@ def test_print_config_and_recipe(capsys):
     assert cfg["model"]["disc"] == "conv" and cfg["loss"]["ssim_weight"] == 0.5
     assert cfg["loss"]["feature_scale"] == 2 and cfg["train"]["textures"] == "tex/"
     assert cfg["train"]["max_steps"] is not None
+    assert main(["train-cgn", "--preset", "colored-mnist", "--recipe", "--print-config"]) == 0
+    assert json.loads(capsys.readouterr().out)["model"]["background_bias"] == "data"
+    assert main(["train-cgn", "--preset", "colored-mnist", "--print-config"]) == 0
+    assert json.loads(capsys.readouterr().out)["model"]["background_bias"] == "zero"  # the original
 
 
 def test_conv_discriminator_ssim_and_border_losses(tmp_path):
