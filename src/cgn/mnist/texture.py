@@ -58,6 +58,11 @@ class TextureMechanism(Mechanism):
             nn.Tanh(),                                     # 12
         )
 
+    @property
+    def output_norm(self) -> nn.BatchNorm2d:
+        """The BatchNorm before the tanh: its bias sets the texture's base colour."""
+        return self.layers[11]
+
     def forward(self, z: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
         """z [B, in_dim], offsets [B, 2] -> texture [B, 3, H, W] in [-1, 1]."""
         return tile_and_crop(self.body(z), offsets)

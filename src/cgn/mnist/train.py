@@ -288,11 +288,6 @@ class Trainer:
         self.steps_per_epoch = len(self.data) // t.batch_size
         self.total_steps = t.max_steps if t.max_steps is not None else t.epochs * self.steps_per_epoch
         self.data_gen = torch.Generator().manual_seed(_sub_seed(t.seed, 1))
-        if cfg.model.background_bias == "data":  # (a resume then restores the trained weights)
-            bias = background_bias_from_data(self.data.images)
-            with torch.no_grad():
-                self.G.background.layers[11].bias.copy_(bias)
-            self.run.log(f"background output bias initialised from the data: {bias.tolist()}", echo=False)
 
         # fixed inputs for sample grids and the mask timeline
         g = torch.Generator().manual_seed(_sub_seed(t.seed, 2))
@@ -312,6 +307,11 @@ class Trainer:
             self._restore(self.run.latest_checkpoint())
         elif resumed:  # stopped before its first checkpoint: start over, keep no stale metrics
             self.run.truncate_metrics(0)
+        if self.resumed_from is None and cfg.model.background_bias == "data":  # a fresh start
+            bias = background_bias_from_data(self.data.images)
+            with torch.no_grad():
+                self.G.background.output_norm.bias.copy_(bias)
+            self.run.log(f"background output bias initialised from the data: {bias.tolist()}", echo=False)
 
     # -- config handling --
 
