@@ -4,6 +4,9 @@ exact resume after an interruption compared with an uninterrupted run."""
 from __future__ import annotations
 
 import json
+import os
+import signal
+import time
 
 import pytest
 import torch
@@ -79,17 +82,20 @@ def test_run_directory_contents(reference_run):
     assert ck["extra"]["feature_extractor"]["kind"] == "random"
 
 
-@pytest.mark.parametrize("how", ["ctrl-c", "hard-kill"])
+@pytest.mark.parametrize("how", ["ctrl-c", "sigterm", "hard-kill"])
 def test_interrupt_and_resume_is_exact(reference_run, tmp_path, monkeypatch, how):
     out = tmp_path / "resumed"
     stop_at = 5
 
     def interrupt(self):
         if self.step == stop_at:
+            if how == "sigterm":  # what `kill` or a job scheduler sends: handled like Ctrl-C
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(1)  # the handler raises before this returns
             raise KeyboardInterrupt if how == "ctrl-c" else RuntimeError("simulated crash")
 
     monkeypatch.setattr(train_mod.Trainer, "_after_step", interrupt)
-    if how == "ctrl-c":
+    if how in ("ctrl-c", "sigterm"):
         assert main(["train-cgn", *TINY, "--out", str(out)]) == 130  # saves a checkpoint at step 5
         assert load_checkpoint(out / "checkpoints" / "last.pt")["step"] == stop_at
     else:

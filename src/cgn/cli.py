@@ -1,12 +1,14 @@
 """The ``cgn`` command line. Each subcommand lives in ``cgn.commands.<name>`` and exposes
 ``register(subparsers)``; this file only wires them together and turns :class:`CGNError`
-into a one-line message with exit status 2.
+into a one-line message with exit status 2. SIGTERM (a scheduler's or ``kill``'s stop) is treated
+like Ctrl-C, so every command checkpoints and stops the same way on either.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
 
 from cgn import __version__
@@ -41,6 +43,11 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     args.argv = argv  # the exact command, recorded by commands that write results
+    previous = None
+    try:
+        previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    except ValueError:  # not in the main thread (an embedding application): leave its signals alone
+        pass
     try:
         rc = args.func(args)
     except CGNError as e:
@@ -50,7 +57,14 @@ def main(argv: list[str] | None = None) -> int:
         print("cgn: interrupted; checkpoints and finished files are kept, rerun to resume",
               file=sys.stderr)
         return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return int(rc or 0)
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":

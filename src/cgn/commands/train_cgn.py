@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
 import sys
 
 from cgn.config import override, to_dict
@@ -81,18 +80,7 @@ def run(args: argparse.Namespace) -> int:
     out = args.out or str(cgn_home() / "runs" / "train-cgn" / f"{args.preset}-seed{cfg.train.seed}")
     trainer = Trainer(cfg, out, resume=args.resume)
 
-    def _on_term(signum, frame):
-        raise KeyboardInterrupt
-    previous = None
-    try:
-        previous = signal.signal(signal.SIGTERM, _on_term)
-    except ValueError:  # not in the main thread
-        pass
-    try:
-        results = trainer.fit()
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+    results = trainer.fit()  # Ctrl-C / SIGTERM: a checkpoint, then cgn.cli reports the interrupt
     keys = ("steps", "mask_mean", "shape_accuracy", "sec_per_step", "train_seconds")
     print(json.dumps({k: results.get(k) for k in keys} | {"run": str(trainer.out)}), file=sys.stdout)
     return 0
