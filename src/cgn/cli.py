@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import signal
 import sys
 
 from cgn import __version__
+from cgn.core.interrupt import restore_sigterm, sigterm_as_interrupt
 from cgn.errors import CGNError
 
 # Subcommand modules, in the order they appear in ``cgn --help``.
@@ -43,11 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     args.argv = argv  # the exact command, recorded by commands that write results
-    previous = None
-    try:
-        previous = signal.signal(signal.SIGTERM, _raise_interrupt)
-    except ValueError:  # not in the main thread (an embedding application): leave its signals alone
-        pass
+    previous = sigterm_as_interrupt()
     try:
         rc = args.func(args)
     except CGNError as e:
@@ -58,13 +54,8 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 130
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        restore_sigterm(previous)
     return int(rc or 0)
-
-
-def _raise_interrupt(signum, frame):
-    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":

@@ -37,6 +37,7 @@ from typing import Literal
 import numpy as np
 
 from cgn.config import changed_fields, check
+from cgn.core.interrupt import restore_sigterm, sigterm_as_interrupt
 from cgn.core.rundir import RunDir
 from cgn.errors import CGNError
 from cgn.io import write_json_atomic, write_text_atomic
@@ -263,7 +264,7 @@ class Reproduction:
         failed: dict[str, BaseException] = {}
         pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
                                    initializer=_worker_init, initargs=(threads,))
-        previous = _sigterm_as_interrupt()
+        previous = sigterm_as_interrupt()  # in the parent: SIGTERM stops the workers like Ctrl-C
         try:
             futures = {pool.submit(_worker_run_dataset, self.cfg, str(self.out), self.command, d): d
                        for d in self.cfg.datasets}
@@ -289,8 +290,7 @@ class Reproduction:
             raise
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
-            if previous is not None:
-                signal.signal(signal.SIGTERM, previous)
+            restore_sigterm(previous)
         for dataset in self.cfg.datasets:
             if dataset in failed:
                 raise failed[dataset]
@@ -354,18 +354,6 @@ def _worker_run_dataset(cfg: ReproduceConfig, out: str, command: str, dataset: s
         os._exit(130)  # stopped by the parent: do not go on to another dataset
     finally:
         _in_task = False
-
-
-def _raise_interrupt(signum, frame):
-    raise KeyboardInterrupt
-
-
-def _sigterm_as_interrupt():
-    """In the parent: SIGTERM stops the workers like Ctrl-C does (returns the previous handler)."""
-    try:
-        return signal.signal(signal.SIGTERM, _raise_interrupt)
-    except ValueError:  # not in the main thread
-        return None
 
 
 def _stop_workers(pool) -> None:
