@@ -162,6 +162,23 @@ def mask_statistics(model: MnistCGN, n: int, seed: int, judge: ShapeJudge | None
     return out
 
 
+def timeline_shape_accuracy(path: str | Path, judge: ShapeJudge, window: int = 2000) -> list[dict]:
+    """Shape-judge accuracy of a run's mask timeline (``samples/mask_timeline.npz``: masks of fixed
+    noise and labels, recorded every ``train.timeline_every`` steps), averaged over windows of
+    ``window`` steps: when in training each class's mask became its digit. Returns rows
+    ``{"from": step, "to": step, "frames": n, "shape_accuracy": a}``."""
+    with np.load(path, allow_pickle=False) as z:
+        steps, masks, labels = z["steps"], torch.from_numpy(z["masks"]), torch.from_numpy(z["labels"])
+    acc = np.array([float((judge.predict(masks[i]) == labels).float().mean()) for i in range(len(steps))])
+    rows = []
+    for start in range(0, int(steps.max()) + 1, window):
+        sel = (steps >= start) & (steps < start + window)
+        if sel.any():
+            rows.append({"from": int(steps[sel].min()), "to": int(steps[sel].max()), "frames": int(sel.sum()),
+                         "shape_accuracy": round(float(acc[sel].mean()), 4)})
+    return rows
+
+
 def colour_tables(dataset: str) -> tuple[np.ndarray | None, np.ndarray | None]:
     """(digit colour per class, background colour per class) [10, 3] in [0, 1], where the dataset
     paints by colour (None where it does not: colored MNIST's background, wildlife)."""
