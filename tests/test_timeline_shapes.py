@@ -11,6 +11,7 @@ import torch
 
 from cgn.io import save_npz_atomic
 from cgn.mnist.train import ShapeJudge, timeline_shape_accuracy
+from cgn.mnist.variants import _resize_nearest
 
 from conftest import require_mnist
 
@@ -21,10 +22,9 @@ def _timeline(run: Path) -> None:
     """Blank masks for steps 0-750, then real held-out digits of the right labels from step 1000."""
     from cgn.mnist.source import load_mnist
     mnist = load_mnist()
-    src = (np.arange(32) * 28) // 32
     labels = np.repeat(np.arange(10), 2)
     picks = [np.flatnonzero(mnist.train_labels[50000:] == k)[:2] + 50000 for k in range(10)]
-    digits = (mnist.train_images[np.concatenate(picks)][:, src][:, :, src] > 25).astype(np.float32)
+    digits = (_resize_nearest(mnist.train_images[np.concatenate(picks)]) > 25).astype(np.float32)
     steps = np.arange(0, 2000, 250)
     masks = np.stack([np.zeros_like(digits) if s < 1000 else digits for s in steps])
     (run / "samples").mkdir(parents=True)

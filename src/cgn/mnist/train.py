@@ -130,8 +130,8 @@ class ShapeJudge:
                 return cls(torch.from_numpy(z["weights"]), torch.from_numpy(z["proj"]))
         from cgn.mnist.source import load_mnist
         mnist = load_mnist()
-        src = (np.arange(32) * 28) // 32                          # nearest 28 -> 32, as the variants
-        digits = mnist.train_images[:50000][:, src][:, :, src] > 25  # binarised like double-colored
+        from cgn.mnist.variants import _resize_nearest
+        digits = _resize_nearest(mnist.train_images[:50000]) > 25  # 32x32, binarised like double-colored
         x = torch.from_numpy(digits.reshape(len(digits), -1).astype(np.float32))
         y = torch.nn.functional.one_hot(torch.from_numpy(mnist.train_labels[:50000].astype(np.int64)), 10).float()
         g = torch.Generator().manual_seed(0)
@@ -169,7 +169,8 @@ def timeline_shape_accuracy(path: str | Path, judge: ShapeJudge, window: int = 2
     ``{"from": step, "to": step, "frames": n, "shape_accuracy": a}``."""
     with np.load(path, allow_pickle=False) as z:
         steps, masks, labels = z["steps"], torch.from_numpy(z["masks"]), torch.from_numpy(z["labels"])
-    acc = np.array([float((judge.predict(masks[i]) == labels).float().mean()) for i in range(len(steps))])
+    pred = judge.predict(masks.flatten(0, 1)).view(len(steps), -1)  # [frames, masks per frame]
+    acc = (pred == labels).float().mean(1).numpy()
     rows = []
     for start in range(0, int(steps.max()) + 1, window):
         sel = (steps >= start) & (steps < start + window)
