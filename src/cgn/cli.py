@@ -12,6 +12,7 @@ import sys
 
 from cgn import __version__
 from cgn.core.interrupt import restore_sigterm, sigterm_as_interrupt
+from cgn.core.lock import release_all
 from cgn.errors import CGNError
 
 # Subcommand modules, in the order they appear in ``cgn --help``.
@@ -55,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     finally:
         restore_sigterm(previous)
+        release_all()
     return int(rc or 0)
 
 

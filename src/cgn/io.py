@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import io
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -52,8 +53,20 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
         f.write(text)
 
 
+def finite_json(obj: Any) -> Any:
+    """``obj`` with every NaN / infinity replaced by ``None``: JSON has no such numbers, and a
+    file holding them (Python's ``NaN``) is not valid JSON for any other reader."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: finite_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_json(v) for v in obj]
+    return obj
+
+
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
-    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+    write_text_atomic(path, json.dumps(finite_json(obj), indent=2, sort_keys=False) + "\n")
 
 
 def append_jsonl(path: str | os.PathLike, record: dict) -> None:
@@ -61,14 +74,30 @@ def append_jsonl(path: str | os.PathLike, record: dict) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as f:
-        f.write(json.dumps(record) + "\n")
+        f.write(json.dumps(finite_json(record)) + "\n")
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
+    """The records of a JSON-lines file. A last line without its newline is an append that was
+    cut off (kill -9, full disk) and is dropped; a damaged line elsewhere is a :class:`CGNError`."""
+    from cgn.errors import CGNError
     path = Path(path)
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    text = path.read_text(errors="replace")
+    lines = text.split("\n")
+    if not text.endswith("\n"):
+        lines = lines[:-1]  # the unfinished append (or "" for an empty file)
+    out = []
+    for i, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            raise CGNError(f"{path}: line {i} is not valid JSON (the file is damaged); repair or "
+                           "delete that line, or start a new run") from None
+    return out
 
 
 def save_npz_atomic(path: str | os.PathLike, compress: bool = False, **arrays: np.ndarray) -> None:

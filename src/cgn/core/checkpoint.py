@@ -4,15 +4,20 @@ A checkpoint is a dict saved with ``torch.save`` and always loaded with ``weight
 
     {"format": "cgn-checkpoint", "version": <cgn version>, "kind": "mnist-cgn" | ...,
      "step": int, "config": {...resolved config...}, "model": state_dict,
-     "optim": {name: optimizer state_dict}, "rng": {...}, "extra": {...}}
+     "optim": {name: optimizer state_dict}, "rng": {...}, "extra": {...},
+     "digest": sha256 of everything above}
 
 Writes are atomic (temporary file + rename), so an interrupted save never corrupts the last
-good checkpoint.
+good checkpoint. ``digest`` (:func:`state_digest`: every key, tensor dtype, shape and byte, and
+every other value) is checked on load, so a damaged file is an error instead of a silently
+different model; files written before digests existed load with a warning.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
 import os
 import pickle
 import zipfile
@@ -22,10 +27,37 @@ from typing import Any
 import torch
 
 from cgn import __version__
-from cgn.errors import CGNError
+from cgn.errors import CGNError, warn
 from cgn.io import write_bytes_atomic
 
 FORMAT = "cgn-checkpoint"
+
+
+def state_digest(obj: Any) -> str:
+    """sha256 over a nested structure of dicts, lists, tensors and plain values (keys in order,
+    tensors by dtype, shape and bytes): the same state gives the same digest on any machine."""
+    h = hashlib.sha256()
+
+    def walk(o: Any) -> None:
+        if isinstance(o, torch.Tensor):
+            t = o.detach().cpu().contiguous()
+            h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        elif isinstance(o, dict):
+            h.update(f"D{len(o)}".encode())
+            for k, v in o.items():
+                h.update(json.dumps(k if isinstance(k, (str, int, float, bool)) or k is None
+                                    else repr(k)).encode())
+                walk(v)
+        elif isinstance(o, (list, tuple)):
+            h.update(f"L{len(o)}".encode())
+            for v in o:
+                walk(v)
+        else:
+            h.update(f"V{type(o).__name__}:{o!r}".encode())
+
+    walk(obj)
+    return h.hexdigest()
 
 
 def save_checkpoint(path: str | os.PathLike, *, kind: str, step: int, config: dict,
@@ -34,6 +66,7 @@ def save_checkpoint(path: str | os.PathLike, *, kind: str, step: int, config: di
     payload = {"format": FORMAT, "version": __version__, "kind": kind, "step": int(step),
                "config": config, "model": model, "optim": optim or {}, "rng": rng or {},
                "extra": extra or {}}
+    payload["digest"] = state_digest(payload)
     buf = io.BytesIO()
     torch.save(payload, buf)
     write_bytes_atomic(path, buf.getvalue())
@@ -59,6 +92,16 @@ def load_checkpoint(path: str | os.PathLike, kind: str | tuple[str, ...] | None 
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CGNError(f"{path} is not a cgn checkpoint (no '{FORMAT}' header); "
                        "for the authors' files use the option that loads the reference format")
+    missing = [k for k in ("kind", "step", "config", "model") if k not in ckpt]
+    if missing:
+        raise CGNError(f"{path} is a damaged cgn checkpoint (no {', '.join(missing)}); "
+                       "re-create it or resume from another checkpoint")
+    stored = ckpt.pop("digest", None)
+    if stored is None:
+        warn(f"{path} carries no digest (written by an older cgn); its contents cannot be checked")
+    elif state_digest(ckpt) != stored:
+        raise CGNError(f"{path} is damaged: its contents do not match the digest stored in it; "
+                       "re-create it, resume from another checkpoint or re-download it")
     kinds = (kind,) if isinstance(kind, str) else kind
     if kinds and ckpt.get("kind") not in kinds:
         raise CGNError(f"{path} holds a '{ckpt.get('kind')}' checkpoint, but a "

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from cgn import __version__
+from cgn.core.lock import lock_dir
 from cgn.errors import CGNError
 from cgn.io import append_jsonl, read_jsonl, write_json_atomic
 
@@ -26,6 +27,7 @@ class RunDir:
         self.samples = self.root / "samples"
         self.checkpoints = self.root / "checkpoints"
         cfg_path = self.root / "config.json"
+        lock_dir(self.root)  # one process per run directory
         if cfg_path.exists():
             if not resume:
                 raise CGNError(f"run directory {self.root} already holds a run; pass --resume to "

@@ -32,6 +32,7 @@ from torchvision.utils import make_grid
 from cgn.config import from_dict
 from cgn.core.checkpoint import FORMAT, torch_load
 from cgn.core.progress import progress
+from cgn.core.lock import lock_dir
 from cgn.errors import CGNError
 from cgn.imagenet.cfdata import CFDatasetWriter, image_name, split_dir
 from cgn.imagenet.config import ImageNetCGNConfig, ModelConfig
@@ -141,7 +142,7 @@ def generate_dataset(model: ImageNetCGN, out: str | os.PathLike, split: str, n: 
     if n < 1 or batch_size < 1:
         raise CGNError("the number of images and the batch size must be >= 1")
     d = split_dir(out, split)
-    d.mkdir(parents=True, exist_ok=True)
+    lock_dir(d)  # one writer per split: two processes would interleave their images
     meta_path = d / "generation.json"
     meta = asdict(spec)
     if meta_path.is_file():

@@ -36,6 +36,7 @@ import torch
 
 from cgn.config import changed_fields, check
 from cgn.core.composer import compose
+from cgn.core.lock import lock_dir
 from cgn.core.progress import progress
 from cgn.core.sampling import to_uint8
 from cgn.errors import CGNError
@@ -181,6 +182,7 @@ def generate(model, cfg: GenerateConfig, out: str | Path, *, source: dict,
              device: torch.device | str = "cpu", log=print) -> dict:
     """Write (or resume) a dataset. ``source`` describes the CGN (path, sha256, ...)."""
     out = Path(out)
+    lock_dir(out)  # one writer per dataset: two processes would mix their shards
     manifest = {"format": FORMAT, "config": asdict(cfg), "generator": source,
                 "n_shards": -(-cfg.n // cfg.shard_size), "renderer": RENDERER}
     mpath = out / "manifest.json"

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from cgn.core.checkpoint import FORMAT, load_state_dict_strict, torch_load
-from cgn.errors import CGNError
+from cgn.errors import CGNError, warn
 from cgn.io import file_digest
 from cgn.mnist.config import ModelConfig
 from cgn.mnist.model import MnistCGN
@@ -39,6 +39,27 @@ KNOWN_MD5 = {
     "1fc47ee2b93cb9d0f7fb29ff0b2dbffa": "double-colored-mnist",
     "eaff11c34cac57ca23f406904e4237b4": "wildlife-mnist",
 }
+# The release's file names: a file with one of these names and another digest is damaged.
+RELEASED_NAMES = {"colored_mnist.pth": "colored-mnist",
+                  "double_colored_mnist.pth": "double-colored-mnist",
+                  "wildlife_mnist.pth": "wildlife-mnist"}
+
+
+def check_reference_digest(path: Path) -> tuple[str, str]:
+    """(md5, dataset) of an authors' file, checked before anything is unpickled: a released file
+    name with another digest is damaged (an error); any other unknown file loads with a warning."""
+    if not path.is_file():
+        raise CGNError(f"reference checkpoint {path} does not exist; check the path")
+    md5 = file_digest(path, "md5")
+    dataset = KNOWN_MD5.get(md5)
+    if dataset is None and path.name in RELEASED_NAMES:
+        expected = next(k for k, v in KNOWN_MD5.items() if v == RELEASED_NAMES[path.name])
+        raise CGNError(f"{path} is damaged: md5 {md5}, the released {path.name} has {expected}; "
+                       f"download it again (cgn download)")
+    if dataset is None:
+        warn(f"{path} is not one of the authors' released MNIST CGNs (md5 {md5}); loading it "
+             "unchecked")
+    return md5, dataset or "unknown"
 
 
 def from_reference(state: dict[str, torch.Tensor], source: str = "state dict") -> dict[str, torch.Tensor]:
@@ -71,6 +92,7 @@ def to_reference(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 def load_reference(path: str | os.PathLike, cfg: ModelConfig | None = None) -> tuple[MnistCGN, dict]:
     """Load one of the authors' MNIST CGN state dicts; returns (model in eval mode, info)."""
     path = Path(path)
+    md5, dataset = check_reference_digest(path)
     state = torch_load(path, what="reference checkpoint")
     if isinstance(state, dict) and state.get("format") == FORMAT:
         raise CGNError(f"{path} is a cgn checkpoint, not the authors' format; drop --reference-format")
@@ -81,7 +103,5 @@ def load_reference(path: str | os.PathLike, cfg: ModelConfig | None = None) -> t
     model = MnistCGN(cfg or ModelConfig())
     state = {k: v.to("cpu") for k, v in from_reference(state, str(path)).items()}
     load_state_dict_strict(model, state, f"reference checkpoint {path}")
-    md5 = file_digest(path, "md5")
-    info = {"format": "reference", "path": str(path), "md5": md5,
-            "dataset": KNOWN_MD5.get(md5, "unknown")}
+    info = {"format": "reference", "path": str(path), "md5": md5, "dataset": dataset}
     return model.eval(), info

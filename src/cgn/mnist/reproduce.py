@@ -38,6 +38,7 @@ import numpy as np
 
 from cgn.config import changed_fields, check
 from cgn.core.interrupt import restore_sigterm, sigterm_as_interrupt
+from cgn.core.lock import share_with_children
 from cgn.core.rundir import RunDir
 from cgn.errors import CGNError
 from cgn.io import write_json_atomic, write_text_atomic
@@ -262,6 +263,7 @@ class Reproduction:
                      f"{threads} torch thread(s) each")
         done: dict[str, list[dict]] = {}
         failed: dict[str, BaseException] = {}
+        share_with_children(self.out)  # the workers write into this run under its lock
         pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
                                    initializer=_worker_init, initargs=(threads,))
         previous = sigterm_as_interrupt()  # in the parent: SIGTERM stops the workers like Ctrl-C

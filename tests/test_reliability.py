@@ -1,0 +1,200 @@
+"""Nothing lost, nothing silently wrong: checked files, locked folders, step-boundary stops,
+valid JSON. Each test reproduces a failure a user met (the catalogue of issue 15) and checks the fix."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from cgn.core.checkpoint import load_checkpoint, save_checkpoint, state_digest
+from cgn.core.lock import lock_dir, release_all
+from cgn.errors import CGNError
+from cgn.io import read_jsonl, write_json_atomic
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+
+
+def _python(code: str, **kw) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    return subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+
+
+def _flip_tensor_bytes(path: Path, marker: torch.Tensor, n: int = 64) -> None:
+    data = bytearray(path.read_bytes())
+    at = bytes(data).find(marker.numpy().tobytes())
+    assert at >= 0, "marker tensor not found in the file"
+    for i in range(at, at + n):
+        data[i] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+# -- digests ----------------------------------------------------------------------------------
+
+def test_state_digest_sees_every_byte_dtype_and_key():
+    a = {"w": torch.arange(6.0).reshape(2, 3), "n": 3, "cfg": {"lr": 0.1}}
+    assert state_digest(a) == state_digest({"w": torch.arange(6.0).reshape(2, 3), "n": 3, "cfg": {"lr": 0.1}})
+    for b in ({**a, "w": a["w"].clone().index_put_((torch.tensor([0]), torch.tensor([0])), torch.tensor(9.0))},
+              {**a, "w": a["w"].double()}, {**a, "w": a["w"].reshape(3, 2)}, {**a, "n": 4},
+              {"W": a["w"], "n": 3, "cfg": {"lr": 0.1}}, {**a, "cfg": {"lr": 0.2}}):
+        assert state_digest(b) != state_digest(a)
+    assert state_digest({"b": torch.ones(2, dtype=torch.bfloat16)})  # every dtype hashes
+
+
+def test_damaged_checkpoint_is_refused(tmp_path):
+    marker = torch.full((256,), 1.2345)
+    p = tmp_path / "last.pt"
+    save_checkpoint(p, kind="k", step=3, config={"a": 1}, model={"w": marker})
+    assert load_checkpoint(p, kind="k")["step"] == 3
+    _flip_tensor_bytes(p, marker)
+    with pytest.raises(CGNError, match="damaged"):
+        load_checkpoint(p, kind="k")
+
+
+def test_checkpoint_without_digest_loads_with_a_warning(tmp_path, capsys):
+    p = tmp_path / "old.pt"
+    torch.save({"format": "cgn-checkpoint", "kind": "k", "step": 1, "config": {}, "model": {}}, p)
+    assert load_checkpoint(p)["step"] == 1
+    assert "no digest" in capsys.readouterr().err
+
+
+def test_checkpoint_header_without_payload_is_one_line(tmp_path):
+    p = tmp_path / "hdr.pt"
+    torch.save({"format": "cgn-checkpoint", "version": "0.1.0"}, p)
+    with pytest.raises(CGNError, match="damaged cgn checkpoint"):
+        load_checkpoint(p)
+
+
+def test_authors_file_checked_by_md5_before_loading(tmp_path, capsys):
+    from cgn.mnist.reference import load_reference
+    from cgn.mnist.model import MnistCGN
+    from cgn.mnist.config import ModelConfig
+    from cgn.mnist.reference import to_reference
+    state = to_reference(MnistCGN(ModelConfig()).state_dict())
+    # a released file name with another digest: damaged, refused before unpickling
+    torch.save(state, tmp_path / "colored_mnist.pth")
+    with pytest.raises(CGNError, match="damaged.*md5"):
+        load_reference(tmp_path / "colored_mnist.pth")
+    # any other name: loads, with a warning that it is unchecked
+    torch.save(state, tmp_path / "mine.pth")
+    _, info = load_reference(tmp_path / "mine.pth")
+    assert info["dataset"] == "unknown" and "not one of the authors' released" in capsys.readouterr().err
+
+
+def test_flipped_bytes_in_an_authors_checkpoint_are_refused(shared_data, tmp_path):
+    from cgn.mnist.reference import load_reference
+    src = shared_data / "cgn_reference/checkpoints/colored_mnist.pth"
+    _, info = load_reference(src)
+    assert info["dataset"] == "colored-mnist"
+    bad = tmp_path / "colored_mnist.pth"
+    data = bytearray(src.read_bytes())
+    for i in range(len(data) // 2, len(data) // 2 + 64):
+        data[i] ^= 0xFF
+    bad.write_bytes(bytes(data))
+    with pytest.raises(CGNError, match="damaged"):
+        load_reference(bad)
+
+
+# -- JSON files -------------------------------------------------------------------------------
+
+def test_json_files_never_hold_nan(tmp_path):
+    p = tmp_path / "r.json"
+    write_json_atomic(p, {"acc": float("nan"), "x": [1.0, float("inf")], "ok": 0.5})
+    assert json.loads(p.read_text(), parse_constant=lambda c: pytest.fail(f"{c} in JSON")) == \
+        {"acc": None, "x": [1.0, None], "ok": 0.5}
+
+
+def test_half_written_last_metrics_line_is_dropped(tmp_path):
+    p = tmp_path / "metrics.jsonl"
+    p.write_text('{"step": 1}\n{"step": 2}\n{"st')
+    assert read_jsonl(p) == [{"step": 1}, {"step": 2}]
+    p.write_text('{"step": 1}\n{"st\n{"step": 3}\n')
+    with pytest.raises(CGNError, match="line 2"):
+        read_jsonl(p)
+
+
+# -- locks ------------------------------------------------------------------------------------
+
+def test_a_folder_in_use_is_refused_and_a_dead_holder_leaves_no_lock(tmp_path):
+    folder = tmp_path / "run"
+    holder = _python(f"""
+        import sys, time
+        from cgn.core.lock import lock_dir
+        lock_dir({str(folder)!r}); print("locked", flush=True); time.sleep(60)
+    """)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(CGNError, match=f"in use by pid {holder.pid}"):
+            lock_dir(folder)
+    finally:
+        holder.kill()  # kill -9: no cleanup runs, the kernel drops the lock
+        holder.wait()
+    lock_dir(folder)  # stale lock: taken over without a word
+    release_all()
+
+
+def test_lock_refuses_a_file_as_folder(tmp_path):
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(CGNError, match="is a file"):
+        lock_dir(tmp_path / "f")
+
+
+# -- step-boundary stops ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_mid_step_finishes_the_step(sig):
+    """The signal arrives inside a step; the loop completes that step, then stops."""
+    proc = _python("""
+        import time
+        from cgn.core.interrupt import StepBoundary
+        step = 0
+        try:
+            with StepBoundary() as stop:
+                while step < 1000:
+                    print("start", step, flush=True)
+                    time.sleep(0.2)            # the step's work: the signal lands here
+                    step += 1
+                    print("end", step, flush=True)
+                    if stop.requested:
+                        print("saved", step, stop.requested, flush=True)
+                        stop.raise_()
+        except KeyboardInterrupt:
+            print("stopped", step, flush=True)
+            raise SystemExit(130)
+    """)
+    assert proc.stdout.readline().startswith("start 0")
+    time.sleep(0.05)
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=30)
+    lines = out.split("\n")
+    assert proc.returncode == 130
+    assert lines[:4] == ["end 1", f"saved 1 {sig.name}", "stopped 1", ""], out
+    assert "stopping after the current step" in err
+
+
+def test_a_second_signal_stops_at_once():
+    proc = _python("""
+        import time
+        from cgn.core.interrupt import StepBoundary
+        try:
+            with StepBoundary() as stop:
+                print("in", flush=True)
+                time.sleep(30)
+        except KeyboardInterrupt:
+            print("now", flush=True)
+    """)
+    assert proc.stdout.readline().strip() == "in"
+    proc.send_signal(signal.SIGTERM)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=20)
+    assert out.strip() == "now"
