@@ -198,3 +198,54 @@ def test_a_second_signal_stops_at_once():
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=20)
     assert out.strip() == "now"
+
+
+# -- the CLI: one line for every OS error, no leftovers after a failed start ---------------------
+
+def test_os_errors_are_one_line(monkeypatch, tmp_path, capsys):
+    import errno
+    from cgn import cli
+    for code, words in ((errno.ENOSPC, "no space left"), (errno.EACCES, "permission denied"),
+                        (errno.EROFS, "read-only"), (errno.ENOTDIR, "not a folder")):
+        def boom(args, code=code):
+            raise OSError(code, os.strerror(code), str(tmp_path / "x"))
+        monkeypatch.setattr(cli, "build_parser", lambda boom=boom: _parser_running(boom))
+        assert cli.main(["anything"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("cgn: error: ") and words in err and err.count("\n") == 1, err
+
+
+def _parser_running(func):
+    import argparse
+    p = argparse.ArgumentParser(prog="cgn")
+    p.add_argument("command")
+    p.set_defaults(func=func)
+    return p
+
+
+def test_a_failed_start_leaves_no_run_directory(tmp_path):
+    from cgn.core.rundir import RunDir, discard_unstarted
+    fresh, kept = tmp_path / "fresh", tmp_path / "existing"
+    kept.mkdir()
+    (kept / "notes.txt").write_text("mine")
+    RunDir(fresh, {"a": 1})
+    RunDir(kept, {"a": 1})
+    discard_unstarted()  # what the CLI does when the command then fails on its input
+    release_all()
+    assert not fresh.exists()
+    assert sorted(p.name for p in kept.iterdir() if p.name != ".lock") == ["notes.txt"]
+    RunDir(fresh, {"a": 2})  # the corrected rerun starts without --resume
+    started = RunDir(tmp_path / "started", {"a": 1})
+    started.metric({"step": 1})
+    discard_unstarted()
+    release_all()
+    assert (tmp_path / "started" / "config.json").is_file()
+
+
+def test_damaged_config_json_is_one_line(tmp_path):
+    from cgn.core.rundir import RunDir
+    RunDir(tmp_path / "r", {"a": 1})
+    (tmp_path / "r" / "config.json").write_text('{"config": {"a": ')
+    with pytest.raises(CGNError, match="config.json is damaged"):
+        RunDir(tmp_path / "r", {"a": 1}, resume=True).stored_config()
+    release_all()

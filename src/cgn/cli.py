@@ -7,12 +7,14 @@ like Ctrl-C, so every command checkpoints and stops the same way on either.
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import sys
 
 from cgn import __version__
 from cgn.core.interrupt import restore_sigterm, sigterm_as_interrupt
 from cgn.core.lock import release_all
+from cgn.core.rundir import discard_unstarted
 from cgn.errors import CGNError
 
 # Subcommand modules, in the order they appear in ``cgn --help``.
@@ -39,6 +41,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_OS_FIXES = {
+    errno.ENOSPC: "no space left on the device; free some space or choose another folder, then "
+                  "rerun (finished files are kept and the run resumes)",
+    errno.EDQUOT: "disk quota exceeded; free some space or choose another folder, then rerun",
+    errno.EACCES: "permission denied; choose a folder you can write to or fix its permissions",
+    errno.EPERM: "operation not permitted; choose a folder you can write to or fix its permissions",
+    errno.EROFS: "the file system is read-only; choose a writable folder",
+    errno.ENOTDIR: "a part of this path is a file, not a folder; choose another path",
+    errno.EISDIR: "this is a folder where a file is expected; give the path of a file",
+    errno.ENOENT: "no such file or folder; check the path",
+    errno.EEXIST: "it already exists; remove it or choose another path",
+}
+
+
+def os_error_message(e: OSError) -> str:
+    """One line for an OSError: what failed, where, and how to fix it."""
+    where = " -> ".join(str(f) for f in (e.filename, e.filename2) if f is not None)
+    fix = _OS_FIXES.get(e.errno) if e.errno is not None else None
+    what = fix or (e.strerror or str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)
+    if type(e).__name__ == "UnidentifiedImageError":  # PIL: a damaged file or not an image
+        what += "; replace or remove the damaged image"
+    return f"{where}: {what}" if where else what
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -48,7 +74,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         rc = args.func(args)
     except CGNError as e:
+        discard_unstarted()  # a failed start leaves no run directory behind
         print(f"cgn: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a folder, permission, disk or file problem the user can fix
+        discard_unstarted()
+        print(f"cgn: error: {os_error_message(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("cgn: interrupted; checkpoints and finished files are kept, rerun to resume",

@@ -9,6 +9,7 @@ import datetime as _dt
 import json
 import os
 import platform
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ class RunDir:
         self.samples = self.root / "samples"
         self.checkpoints = self.root / "checkpoints"
         cfg_path = self.root / "config.json"
+        before = set(os.listdir(self.root)) if self.root.is_dir() else None
         lock_dir(self.root)  # one process per run directory
         if cfg_path.exists():
             if not resume:
@@ -34,6 +36,8 @@ class RunDir:
                                "continue it or choose another --out")
         else:
             write_json_atomic(cfg_path, {"config": config, "environment": environment()})
+            made = [p for p in (self.samples, self.checkpoints) if not p.exists()]
+            _fresh.append((self, before, made))
         self.samples.mkdir(parents=True, exist_ok=True)
         self.checkpoints.mkdir(parents=True, exist_ok=True)
 
@@ -42,7 +46,11 @@ class RunDir:
         return self.root / "config.json"
 
     def stored_config(self) -> dict:
-        return json.loads(self.config_path.read_text())["config"]
+        try:
+            return json.loads(self.config_path.read_text())["config"]
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise CGNError(f"{self.config_path} is damaged (not the JSON record cgn writes); restore "
+                           "it, or start the run again in another --out") from None
 
     def log(self, message: str, echo: bool = True) -> None:
         stamp = _dt.datetime.now().strftime("%Y-%m-%d %H:%M:%S")
@@ -73,6 +81,34 @@ class RunDir:
     def latest_checkpoint(self) -> Path | None:
         p = self.checkpoints / "last.pt"
         return p if p.exists() else None
+
+
+# Run directories this process started: (run, the names its folder held before or None when the
+# folder is new, the sub-folders it made).
+_fresh: list[tuple[RunDir, set[str] | None, list[Path]]] = []
+
+
+def _started(run: RunDir, before: set[str]) -> bool:
+    """Has the run produced anything worth keeping (a checkpoint, a metrics line, a result)?"""
+    own = {"config.json", "log.txt", ".lock", "samples", "checkpoints", "tb"}
+    return any(run.checkpoints.glob("*.pt")) or (run.root / "metrics.jsonl").exists() or any(
+        name not in own and name not in before for name in os.listdir(run.root))
+
+
+def discard_unstarted() -> None:
+    """Remove what this process's run directories hold when they never started (a bad input
+    found after the folder was made), so that the corrected rerun is not told to --resume."""
+    while _fresh:
+        run, before, made = _fresh.pop()
+        if not run.root.is_dir() or _started(run, before or set()):
+            continue
+        if before is None:
+            shutil.rmtree(run.root, ignore_errors=True)
+            continue
+        for name in ("config.json", "log.txt"):
+            (run.root / name).unlink(missing_ok=True)
+        for sub in made:
+            shutil.rmtree(sub, ignore_errors=True)
 
 
 def environment() -> dict:
