@@ -249,3 +249,62 @@ def test_damaged_config_json_is_one_line(tmp_path):
     with pytest.raises(CGNError, match="config.json is damaged"):
         RunDir(tmp_path / "r", {"a": 1}, resume=True).stored_config()
     release_all()
+
+
+def test_stale_temporary_files_are_removed_by_the_next_holder(tmp_path):
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    left = [run / ".shard-00000.images.npy.k2j3.tmp", run / "checkpoints" / ".last.pt.x8a1.tmp"]
+    for p in left:
+        p.write_bytes(b"half")
+    (run / "keep.npy").write_bytes(b"done")
+    lock_dir(run)
+    release_all()
+    assert not any(p.exists() for p in left) and (run / "keep.npy").exists()
+
+
+def test_bad_numbers_and_lists_in_settings_are_one_line():
+    from cgn.config import override
+    from cgn.mnist.config import preset_config
+    cfg = preset_config("colored-mnist")
+    for assignment, words in (("optim.lr=inf", "finite"), ("optim.lr=nan", "finite"),
+                              ("train.max_steps=inf", "integer"),
+                              ("loss.style_weights=[0.5", "not a list")):
+        with pytest.raises(CGNError, match=words):
+            override(cfg, [assignment])
+
+
+def test_unsafe_pickle_is_refused_with_its_reason(tmp_path):
+    from cgn.core.checkpoint import torch_load
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("echo pwned",))
+
+    torch.save({"x": Evil()}, tmp_path / "evil.pt")
+    with pytest.raises(CGNError, match="not loaded .unpickling them could run code"):
+        torch_load(tmp_path / "evil.pt")
+
+
+def test_argument_errors_name_cgn(capsys):
+    from cgn.cli import main
+    with pytest.raises(SystemExit) as e:
+        main(["generate", "--n", "abc"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("cgn: error: argument --n") and err.count("\n") == 1
+
+
+def test_texture_folder_with_a_directory_or_a_bomb(tmp_path, monkeypatch):
+    import numpy as np
+    from PIL import Image
+    from cgn.mnist.textures import load_texture_folder
+    for part in ("object", "background"):
+        (tmp_path / part).mkdir()
+        for c in range(10):
+            Image.fromarray(np.full((8, 8, 3), c * 20, np.uint8)).save(tmp_path / part / f"{c}_t.png")
+    (tmp_path / "object" / "0_a.jpg").mkdir()  # a folder with an image's name is skipped
+    assert load_texture_folder(tmp_path).objects.shape[0] == 10
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 40)  # 8x8 = 64 pixels is now a "bomb"
+    with pytest.raises(CGNError, match="decompression bomb"):
+        load_texture_folder(tmp_path)

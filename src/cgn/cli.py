@@ -27,8 +27,15 @@ COMMAND_MODULES = [
 ]
 
 
+class _Parser(argparse.ArgumentParser):
+    """Argument errors in the same one-line form as every other error (subcommands inherit it)."""
+
+    def error(self, message: str):
+        self.exit(2, f"cgn: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="cgn",
         description="Counterfactual Generative Networks: datasets, CGN training, counterfactual "
                     "sampling, invariant classifiers and evaluations.",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
 from typing import Any, TypeVar
@@ -78,7 +79,10 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         return value
     if origin in (list, tuple):
         if isinstance(value, str):
-            value = json.loads(value) if value.strip().startswith("[") else [v for v in value.split(",") if v]
+            try:
+                value = json.loads(value) if value.strip().startswith("[") else [v for v in value.split(",") if v]
+            except json.JSONDecodeError:
+                raise CGNError(f"config {where}: {value!r} is not a list; write it as [a, b] or a,b") from None
         if not isinstance(value, (list, tuple)):
             raise CGNError(f"config {where}: expected a list, got {value!r}")
         inner = args[0] if args else Any
@@ -99,14 +103,17 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             f = float(value)
         except (TypeError, ValueError):
             raise CGNError(f"config {where}: expected an integer, got {value!r}") from None
-        if f != int(f):
+        if not math.isfinite(f) or f != int(f):
             raise CGNError(f"config {where}: expected an integer, got {value!r}")
         return int(f)
     if tp is float:
         try:
-            return float(value)
+            f = float(value)
         except (TypeError, ValueError):
             raise CGNError(f"config {where}: expected a number, got {value!r}") from None
+        if not math.isfinite(f):  # nan / inf train to NaN or never stop: no setting needs them
+            raise CGNError(f"config {where}: expected a finite number, got {value!r}")
+        return f
     if tp is str:
         return str(value)
     return value

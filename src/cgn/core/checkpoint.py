@@ -79,8 +79,14 @@ def torch_load(path: str | os.PathLike, what: str = "checkpoint") -> Any:
         raise CGNError(f"{what} {path} does not exist; check the path")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError, ValueError,
-            AttributeError, OSError) as e:
+    except pickle.UnpicklingError as e:
+        if "weights_only" in str(e) or "Unsupported global" in str(e):
+            raise CGNError(f"{what} {path} holds Python objects other than tensors and plain values, "
+                           "so it was not loaded (unpickling them could run code); re-save it as a "
+                           "state dict, or use a file from a source you trust that cgn can read") from None
+        raise CGNError(f"{what} {path} is not a readable PyTorch file; it may be truncated or "
+                       "corrupt: re-create or re-download it") from None
+    except (zipfile.BadZipFile, RuntimeError, EOFError, ValueError, AttributeError, OSError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CGNError(f"{what} {path} is not a readable PyTorch file ({first[:160]}); "
                        "it may be truncated or corrupt: re-create or re-download it") from None

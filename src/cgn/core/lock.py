@@ -4,7 +4,8 @@
 and command into it. A second process on the same folder (two ``cgn generate`` started at once,
 two ``train-cgn --resume``) gets one clear line instead of mixing its files with the first one's.
 The kernel drops the lock when its process ends, however it ends, so a lock left by a killed
-process is stale by construction and never blocks a rerun.
+process is stale by construction and never blocks a rerun; the new holder also removes the
+temporary files a killed writer left behind.
 
 Worker processes that a command starts on its own folder (``cgn reproduce mnist --jobs N``) use
 the parent's lock: the parent calls :func:`share_with_children` before starting them.
@@ -46,6 +47,16 @@ def lock_dir(folder: str | os.PathLike) -> None:
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"pid {os.getpid()} ({' '.join(['cgn', *sys.argv[1:]])[:300]})\n".encode(), 0)
     _held[folder] = fd
+    remove_stale_temporaries(folder)
+
+
+def remove_stale_temporaries(folder: Path) -> list[Path]:
+    """Delete the ``.<name>.<random>.tmp`` files (:func:`cgn.io.atomic_write`) that a killed writer
+    left in ``folder`` or its sub-folders; only the lock holder writes there, so none is live."""
+    stale = [*folder.glob(".*.tmp"), *folder.glob("*/.*.tmp")]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
 
 
 def unlock_dir(folder: str | os.PathLike) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,16 +43,22 @@ def load_texture_folder(folder: str | os.PathLike) -> TextureSet:
     for part in ("object", "background"):
         imgs = []
         for cls in range(10):
-            files = sorted((folder / part).glob(f"{cls}_*.jpg")) + sorted((folder / part).glob(f"{cls}_*.png"))
+            files = [f for f in sorted((folder / part).glob(f"{cls}_*.jpg")) +
+                     sorted((folder / part).glob(f"{cls}_*.png")) if f.is_file()]
             if not files:
                 raise CGNError(f"texture folder {folder} has no {part}/{cls}_*.jpg; the layout is "
                                "object/<class>_<name>.jpg and background/<class>_<name>.jpg for classes 0-9")
             data = files[0].read_bytes()
             h.update(data)
             try:
-                with Image.open(files[0]) as im:
-                    imgs.append(_resize_nearest(im))
-            except OSError:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("error", Image.DecompressionBombWarning)
+                    with Image.open(files[0]) as im:
+                        imgs.append(_resize_nearest(im))
+            except (Image.DecompressionBombWarning, Image.DecompressionBombError):
+                raise CGNError(f"{files[0]} is far too large for a texture (a decompression bomb?); "
+                               "use an image of at most a few megapixels") from None
+            except (OSError, ValueError):
                 raise CGNError(f"{files[0]} is not a readable image; replace it") from None
         stacks[part] = np.stack(imgs)
     return TextureSet(stacks["object"], stacks["background"], f"folder:{folder.name}:{h.hexdigest()[:12]}")
