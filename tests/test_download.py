@@ -80,3 +80,31 @@ def test_cli_lists_and_reports(tmp_path, capsys):
     assert main(["download", "--list", "--dir", str(tmp_path)]) == 0
     assert "biggan-deep-256" in capsys.readouterr().out
     assert main(["download", "no-such-asset"]) == 2
+
+
+def test_authors_mnist_assets_are_pinned_to_the_released_files(shared_data, tmp_path):
+    """The pinned digests are those of the released files; a download (here from a local mirror)
+    gives a texture folder and CGNs that load, under the release's names or the repository's."""
+    from dataclasses import replace
+
+    from cgn.mnist.reference import load_reference
+    from cgn.mnist.textures import load_texture_folder
+    ref = shared_data / "cgn_reference"
+
+    def local(asset, source):
+        return replace(asset, files=tuple(replace(f, urls=(source(f).as_uri(),)) for f in asset.files))
+
+    cgns = local(get_asset("cgn-mnist"), lambda f: ref / "checkpoints" / f.dest.split("/")[-1])
+    textures = local(get_asset("mnist-textures"), lambda f: ref / "textures" / f.dest.split("textures/")[1])
+    root = tmp_path / "home"
+    paths = download("cgn-mnist", root, assets=[cgns], log=lambda m: None)
+    download("mnist-textures", root, assets=[textures], log=lambda m: None)
+    assert [p.name for p in paths] == ["colored_mnist.pth", "double_colored_mnist.pth", "wildlife_mnist.pth"]
+    for p, dataset in zip(paths, ("colored-mnist", "double-colored-mnist", "wildlife-mnist")):
+        assert load_reference(p)[1]["dataset"] == dataset
+        ckp = tmp_path / dataset / "ckp.pth"  # the repository's own file name
+        ckp.parent.mkdir()
+        ckp.write_bytes(p.read_bytes())
+        assert load_reference(ckp)[1]["dataset"] == dataset
+    assert load_texture_folder(root / "data" / "textures").objects.shape[0] == 10
+    assert all(u.startswith("https://") and "1cba9d4" in u for f in get_asset("cgn-mnist").files for u in f.urls)
