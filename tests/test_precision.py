@@ -1,0 +1,53 @@
+"""--precision auto | bf16 | fp32: what each machine gets, and the caps benchmarks use."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from cgn.core import precision as P
+from cgn.errors import CGNError
+
+
+@pytest.fixture
+def flags(monkeypatch):
+    def set_flags(*names):
+        monkeypatch.setattr(P, "_cpu_flags", lambda: frozenset(names))
+    return set_flags
+
+
+def test_isa_levels_follow_the_flags_and_the_onednn_cap(flags, monkeypatch):
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    amx = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
+    flags(*amx)
+    assert P.cpu_isa() == "amx"
+    for cap, level in (("AVX512_CORE_BF16", "avx512_bf16"), ("AVX512_CORE", "avx512"),
+                       ("AVX2", "avx2"), ("SSE41", "baseline"), ("ALL", "amx")):
+        monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", cap)
+        assert P.cpu_isa() == level, cap
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA")
+    flags("avx2")
+    assert P.cpu_isa() == "avx2"
+    flags("avx2", "avx512f")
+    assert P.cpu_isa() == "avx512"
+    assert P.isa_description().startswith("avx512 / ATen ")
+
+
+def test_auto_picks_bf16_only_with_amx(flags, monkeypatch):
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    flags("avx2", "avx512f", "avx512_bf16", "amx_bf16")
+    p = P.resolve_precision("auto", "cpu")
+    assert p.bf16 and "AMX" in p.reason
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_BF16")  # the same machine, AMX capped
+    p = P.resolve_precision("auto", "cpu")
+    assert p.name == "fp32" and "avx512_bf16" in p.reason
+    flags("avx2")
+    assert P.resolve_precision("auto", torch.device("cpu")).name == "fp32"
+    assert P.resolve_precision("bf16", "cpu") == P.Precision("bf16", "asked for")
+    assert P.resolve_precision("fp32", "cpu").as_dict() == {"name": "fp32", "reason": "asked for"}
+    with pytest.raises(CGNError, match="unknown precision"):
+        P.resolve_precision("fp16", "cpu")
+
+
+def test_this_machine_reports_a_level():
+    assert P.cpu_isa() in ("amx", "avx512_bf16", "avx512", "avx2", "baseline")
