@@ -10,10 +10,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
+from cgn.core.batches import BatchStream, EpochSampler, ZipStream
 from cgn.core.checkpoint import load_checkpoint
-from cgn.core.classifier_training import (BatchStream, DistInfo, EpochSampler, StepOutput,
-                                          Trainer, ZipStream, batchnorm_eval, eval_loader,
-                                          evaluate_accuracy, topk_correct)
+from cgn.core.classifier_eval import eval_loader, evaluate_accuracy, topk_correct
+from cgn.core.classifier_trainer import StepOutput, Trainer, batchnorm_eval
+from cgn.core.distributed import DistInfo
 from cgn.errors import CGNError
 
 

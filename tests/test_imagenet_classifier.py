@@ -99,7 +99,7 @@ def test_backbone_from_local_weights_file(tmp_path):
 
 
 def test_loss_gradient_equals_two_backward_passes():
-    from cgn.core.classifier_training import batchnorm_eval
+    from cgn.core.classifier_trainer import batchnorm_eval
     from cgn.imagenet.classifier_train import ensemble_loss
     torch.manual_seed(0)
     m = InvariantEnsemble("tiny", weights=None)

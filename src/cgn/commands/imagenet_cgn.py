@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -80,6 +79,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _train(args: argparse.Namespace) -> int:
     from cgn.config import override
+    from cgn.core.distributed import is_main_process
     from cgn.imagenet.config import preset
     from cgn.imagenet.train import train
     from cgn.imagenet.weights import resolve_weight
@@ -95,7 +95,7 @@ def _train(args: argparse.Namespace) -> int:
             cfg = override(cfg, {"train.episodes": args.episodes})
         cfg = override(cfg, [a for a in args.set if a.split("=", 1)[0].strip() == "train.episodes"])
         records = train(cfg, args.out, resume=True, device=args.device, quiet=args.quiet)
-        if records and os.environ.get("RANK", "0") == "0":
+        if records and is_main_process():
             print(json.dumps(records[-1]))
         return 0
     cfg = preset(args.preset)
@@ -125,7 +125,7 @@ def _train(args: argparse.Namespace) -> int:
     cfg = override(cfg, sets)
     cfg = override(cfg, args.set)
     records = train(cfg, args.out, resume=args.resume, device=args.device, quiet=args.quiet)
-    if records and os.environ.get("RANK", "0") == "0":
+    if records and is_main_process():
         print(json.dumps(records[-1]))
     return 0
 

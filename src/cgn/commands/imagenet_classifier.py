@@ -128,7 +128,7 @@ def _overrides(args: argparse.Namespace) -> dict:
 
 def _train(args: argparse.Namespace) -> int:
     from cgn.config import override, to_dict
-    from cgn.core.classifier_training import init_distributed, shutdown_distributed
+    from cgn.core.distributed import init_distributed, shutdown_distributed
     from cgn.imagenet.classifier_config import config_from_dict, preset_config
     from cgn.imagenet.classifier_train import (evaluate_model, load_classifier,
                                                train_classifier)
@@ -181,7 +181,7 @@ def _train(args: argparse.Namespace) -> int:
 
 def _evaluate(args: argparse.Namespace) -> int:
     from cgn.config import override
-    from cgn.core.classifier_training import init_distributed, shutdown_distributed
+    from cgn.core.distributed import init_distributed, shutdown_distributed
     from cgn.imagenet.classifier_config import ClassifierTrainConfig
     from cgn.imagenet.classifier_train import evaluate_model, load_classifier, plain_classifier
     from cgn.imagenet.ensemble import weights_arg

@@ -29,9 +29,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from cgn.config import to_dict
+from cgn.core.batches import BatchStream, ZipStream
 from cgn.core.checkpoint import load_checkpoint, load_state_dict_strict
-from cgn.core.classifier_training import (BatchStream, DistInfo, StepOutput, Trainer, ZipStream,
-                                          batchnorm_eval, topk_correct)
+from cgn.core.classifier_eval import topk_correct
+from cgn.core.classifier_trainer import StepOutput, Trainer, batchnorm_eval
+from cgn.core.distributed import DistInfo
 from cgn.core.seeding import seed_everything
 from cgn.errors import CGNError
 from cgn.imagenet.cfdata import CounterfactualDataset

@@ -41,8 +41,8 @@ from torch import nn
 from torch.utils.data import Dataset
 from torchvision.datasets import ImageFolder
 
-from cgn.core.classifier_training import (DistInfo, eval_loader, evaluate_accuracy,
-                                          evaluate_counts)
+from cgn.core.classifier_eval import eval_loader, evaluate_accuracy, evaluate_counts
+from cgn.core.distributed import DistInfo
 from cgn.core.metrics import register_metric
 from cgn.errors import CGNError
 from cgn.imagenet.ensemble import HEADS, PREDICTIONS

@@ -21,21 +21,19 @@ from __future__ import annotations
 
 import contextlib
 import os
-import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from torchvision.utils import make_grid
 
 from cgn.config import from_dict, to_dict
 from cgn.core.checkpoint import load_checkpoint, save_checkpoint, torch_load
-from cgn.core.device import resolve_device
+from cgn.core.distributed import init_distributed, shutdown_distributed
 from cgn.core.progress import progress
 from cgn.core.rundir import RunDir
 from cgn.core.seeding import rng_state, set_rng_state
+from cgn.core.stats import WindowStats
 from cgn.errors import CGNError
 from cgn.imagenet.config import ImageNetCGNConfig
 from cgn.imagenet.losses import LOSS_NAMES, ImageNetCGNLosses
@@ -100,51 +98,11 @@ def save_png(path: Path, img: torch.Tensor) -> None:
         Image.fromarray(arr).save(f, format="PNG")
 
 
-@dataclass
-class DistContext:
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def enabled(self) -> bool:
-        return self.world_size > 1
-
-    @classmethod
-    def from_env(cls, device_name: str) -> tuple["DistContext", torch.device]:
-        ws = int(os.environ.get("WORLD_SIZE", "1"))
-        if ws <= 1:
-            return cls(), resolve_device(device_name)
-        rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-        dev = resolve_device(device_name)
-        if dev.type == "cuda":
-            dev = torch.device("cuda", local)
-            torch.cuda.set_device(dev)
-        if not dist.is_initialized():
-            dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
-        return cls(rank, ws, local), dev
-
-    def barrier(self) -> None:
-        if self.enabled:
-            dist.barrier()
-
-    def mean(self, values: torch.Tensor, device: torch.device | None = None) -> torch.Tensor:
-        """Mean over processes (NCCL reduces on the GPU, gloo on the CPU)."""
-        if self.enabled:
-            work = values.to(device or values.device, copy=True)
-            dist.all_reduce(work)
-            values = work.cpu() / self.world_size
-        return values
-
-
 class Trainer:
     def __init__(self, cfg: ImageNetCGNConfig, out: str | os.PathLike, *, resume: bool = False,
                  device: str = "auto", quiet: bool = False):
-        self.ctx, self.device = DistContext.from_env(device)
+        self.ctx = init_distributed(device)
+        self.device = self.ctx.device
         self.out = Path(out)
         self.quiet = quiet
         self._pending: list[str] = []
@@ -215,10 +173,10 @@ class Trainer:
             self._pending.append(msg)
 
     # -- one update ------------------------------------------------------------------------------
-    def micro_step(self, micro: int, rank: int, scale: float, sync: bool = True) -> torch.Tensor:
+    def micro_step(self, micro: int, rank: int, scale: float, sync: bool = True) -> dict[str, float]:
         """Forward and backward of one micro-step's samples (those of ``rank``), loss × ``scale``.
 
-        Returns the weighted loss terms and the mean mask, as a float64 vector (for logging).
+        Returns the weighted loss terms and the mean mask (``mu_mask``), for logging.
         """
         t = self.cfg.train
         g = step_generator(t.seed, self.episode, micro, rank)
@@ -236,8 +194,7 @@ class Trainer:
                                + ", ".join(f"{k}={v.item():.4g}" for k, v in terms.weighted.items())
                                + "; lower the learning rates or check the weights")
             (total * scale).backward()
-        return torch.tensor([v.item() for v in terms.weighted.values()] + [out.mask.mean().item()],
-                            dtype=torch.float64)
+        return {**{k: v.item() for k, v in terms.weighted.items()}, "mu_mask": out.mask.mean().item()}
 
     def step_optimizers(self) -> None:
         for opt in self.opts.values():
@@ -247,18 +204,19 @@ class Trainer:
 
     def train_episode(self) -> dict[str, float]:
         t = self.cfg.train
-        sums = torch.zeros(len(LOSS_NAMES) + 1, dtype=torch.float64)
-        t0 = time.perf_counter()
+        window = WindowStats()  # one metrics row per episode: the mean over its micro-steps
         for micro in range(t.batch_acc):
-            sums += self.micro_step(micro, self.ctx.rank, 1.0 / t.batch_acc,
-                                    sync=micro == t.batch_acc - 1)
+            window.add(self.micro_step(micro, self.ctx.rank, 1.0 / t.batch_acc,
+                                       sync=micro == t.batch_acc - 1))
         self.step_optimizers()
-        means = self.ctx.mean(sums / t.batch_acc, self.device)
+        w = window.flush()  # this rank's means; every rank ran batch_acc micro-steps
+        local = torch.tensor([w.means[k] for k in (*LOSS_NAMES, "mu_mask")], dtype=torch.float64)
+        means = self.ctx.all_reduce_mean(local).cpu()
         rec = {"step": self.episode}
         rec.update({f"loss/{k}": float(v) for k, v in zip(LOSS_NAMES, means[:-1])})
         rec["loss/total"] = float(means[:-1].sum())
         rec["mu_mask"] = float(means[-1])
-        rec["seconds"] = round(time.perf_counter() - t0, 3)
+        rec["seconds"] = round(w.seconds, 3)
         return rec
 
     # -- outputs ---------------------------------------------------------------------------------
@@ -306,5 +264,4 @@ def train(cfg: ImageNetCGNConfig, out: str | os.PathLike, *, resume: bool = Fals
     try:
         return trainer.run_training()
     finally:
-        if trainer.ctx.enabled and dist.is_initialized():
-            dist.destroy_process_group()
+        shutdown_distributed(trainer.ctx)

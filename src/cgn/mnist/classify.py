@@ -7,7 +7,7 @@ Training sets (``train_set``):
   cf        counterfactuals only
 
 Recipe (the paper's): Adadelta lr 1.0, StepLR γ 0.7 per epoch, batch 64, 10 epochs, NLL loss.
-The training loop is the shared one (:mod:`cgn.core.classifier_training`). Reported: accuracy
+The training loop is the shared one (:mod:`cgn.core.classifier_trainer`). Reported: accuracy
 on a fixed random subset of the training set (``train_eval_size`` images, eval mode) and on the
 variant's fixed OOD test split.
 """
@@ -25,9 +25,10 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from cgn.config import check
+from cgn.core.batches import BatchStream
 from cgn.core.checkpoint import load_checkpoint, load_state_dict_strict
-from cgn.core.classifier_training import (BatchStream, StepOutput, Trainer, eval_loader,
-                                          evaluate_accuracy)
+from cgn.core.classifier_eval import eval_loader, evaluate_accuracy
+from cgn.core.classifier_trainer import StepOutput, Trainer
 from cgn.core.device import resolve_device
 from cgn.core.seeding import seed_everything
 from cgn.errors import CGNError

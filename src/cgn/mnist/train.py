@@ -50,6 +50,7 @@ from cgn.core.progress import progress
 from cgn.core.rundir import RunDir
 from cgn.core.sampling import eval_mode, sample_plain, to_uint8
 from cgn.core.seeding import rng_state, seed_everything, set_rng_state
+from cgn.core.stats import WindowStats
 from cgn.errors import CGNError
 from cgn.io import save_npz_atomic, write_json_atomic
 from cgn.mnist.config import CGNTrainConfig, config_from_dict
@@ -317,8 +318,7 @@ class Trainer:
 
         self.freeze_d_in_g_step = True  # D's parameters collect no gradients in the G step
         self.step = 0
-        self.sums: dict[str, float] = {}
-        self.sum_count = 0
+        self.window = WindowStats(t.log_every)  # the running loss sums of the log window
         self.elapsed = 0.0  # training seconds over all sessions
         self.resumed_from: int | None = None
         if resumed and self.run.latest_checkpoint() is not None:
@@ -387,7 +387,7 @@ class Trainer:
             "discriminator": self.D.state_dict(),
             "data_generator": self.data_gen.get_state(),
             "feature_extractor": self.feature_source.as_dict(),
-            "elapsed": self.elapsed, "sums": dict(self.sums), "sum_count": self.sum_count,
+            "elapsed": self.elapsed, "sums": self.window.running_sums(), "sum_count": self.window.steps,
             "timeline_steps": torch.tensor(self.timeline_steps, dtype=torch.int64),
             "timeline_masks": torch.from_numpy(np.stack(self.timeline_masks)) if self.timeline_masks
             else torch.zeros(0),
@@ -408,7 +408,7 @@ class Trainer:
         self.step = int(ckpt["step"])
         ex = ckpt["extra"]
         self.elapsed = float(ex["elapsed"])
-        self.sums, self.sum_count = {k: float(v) for k, v in ex["sums"].items()}, int(ex["sum_count"])
+        self.window.load_running_sums(ex["sums"], int(ex["sum_count"]))
         self.timeline_steps = [int(s) for s in ex["timeline_steps"].tolist()]
         self.timeline_masks = list(ex["timeline_masks"].numpy()) if self.timeline_steps else []
         self.run.truncate_metrics(self.step)
@@ -487,26 +487,22 @@ class Trainer:
             self._record_timeline()
             save_sample_grid(self.G, self.grid_inputs, self.run.samples / "step_000000.png", "step 0")
         bar = progress(total=self.total_steps, initial=self.step, desc=f"train-cgn {t.dataset}")
-        window_start = time.perf_counter()
+        self.window.restart_clock()
         try:
             while self.step < self.total_steps:
                 t0 = time.perf_counter()
                 rec = self.train_step()
                 self.step += 1
                 self.elapsed += time.perf_counter() - t0
-                for k, v in rec.items():
-                    self.sums[k] = self.sums.get(k, 0.0) + v
-                self.sum_count += 1
+                self.window.add(rec)
                 bar.update(1)
                 self._after_step()
-                if self.step % t.log_every == 0 or self.step == self.total_steps:
-                    now = time.perf_counter()
-                    row = {"step": self.step, "epoch": round(self.step / self.steps_per_epoch, 4)}
-                    row.update({k: v / self.sum_count for k, v in self.sums.items()})
-                    row["sec_per_step"] = (now - window_start) / max(1, self.sum_count)
+                if self.window.ready(self.step, last=self.step == self.total_steps):
+                    w = self.window.flush()
+                    row = {"step": self.step, "epoch": round(self.step / self.steps_per_epoch, 4),
+                           **w.means, "sec_per_step": w.sec_per_step}
                     self.run.metric(row)
                     bar.set_postfix(mask=f"{row['mask_mean']:.3f}", style=f"{row['g_style']:.4f}")
-                    self.sums, self.sum_count, window_start = {}, 0, now
                 if self.step % t.timeline_every == 0:
                     self._record_timeline()
                 if self.step % t.sample_every == 0:
