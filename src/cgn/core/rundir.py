@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from cgn import __version__
+from cgn.config import ResumeDiff, check_resume
 from cgn.errors import CGNError
 from cgn.io import append_jsonl, read_jsonl, write_json_atomic
 
@@ -41,6 +42,14 @@ class RunDir:
 
     def stored_config(self) -> dict:
         return json.loads(self.config_path.read_text())["config"]
+
+    def check_resume(self, cls: type, new: dict, stored: dict | None = None,
+                     where: str | None = None) -> ResumeDiff:
+        """Refuse (one :class:`CGNError` line) a rerun whose config ``new`` changes a setting of
+        the stored one (``config.json``, or ``stored``) that the resume rules of dataclass ``cls``
+        keep; returns the differences (:func:`cgn.config.resume_diff`)."""
+        return check_resume(cls, self.stored_config() if stored is None else stored, new,
+                            where or f"{self.root} holds a run with other settings")
 
     def log(self, message: str, echo: bool = True) -> None:
         stamp = _dt.datetime.now().strftime("%Y-%m-%d %H:%M:%S")
