@@ -3,11 +3,14 @@
 Each component defines its own dataclass (``field(metadata={"help": ...})`` documents a field,
 ``__post_init__`` validates it). Experiment configs nest them. This module turns configs into
 plain dicts (for run directories and checkpoints), rebuilds them from dicts (strictly: unknown
-keys are an error), and applies ``section.field=value`` overrides from the command line.
+keys are an error), applies ``section.field=value`` overrides from the command line, and
+decides whether a rerun may continue a stored config (``metadata={"resume": ...}``,
+:func:`resume_diff`).
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
@@ -36,11 +39,99 @@ _ABSENT = object()
 
 def changed_fields(old: dict, new: dict, ignore: typing.Iterable[str] = ()) -> list[str]:
     """Sorted dotted paths of the settings that differ between two config dicts (a setting on one
-    side only counts as changed), leaving out ``ignore``: how runs, datasets and reproductions
-    decide whether a rerun continues the same work (execution-only settings are ignored)."""
+    side only counts as changed), leaving out ``ignore``."""
     a, b, skip = flatten(old), flatten(new), set(ignore)
     return sorted(k for k in a.keys() | b.keys()
                   if k not in skip and a.get(k, _ABSENT) != b.get(k, _ABSENT))
+
+
+# --- the resume rule ---------------------------------------------------------------------------
+# May a rerun continue the same work? Each field says so in ``metadata["resume"]``:
+#   "free":   how the run executes (device, threads, jobs, workers, cadence, where data lives);
+#             a resume may use another value.
+#   "extend": how far the run goes (epochs, steps, episodes, ablation sizes); a resume may set
+#             another value (a smaller one too, as the checks this rule replaced allowed) and
+#             the run records the new one.
+# A rule on a section field holds for all of its fields. Every other field, and every field the
+# dataclass does not know, must keep its stored value.
+RESUME_RULES = ("free", "extend")
+
+
+def _dataclass_in(tp: Any) -> type | None:
+    """The dataclass a field annotation holds (``X`` or ``X | None``), else None."""
+    if dataclasses.is_dataclass(tp):
+        return tp
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return next((a for a in typing.get_args(tp) if dataclasses.is_dataclass(a)), None)
+    return None
+
+
+def _resume_rule(cls: type, path: str) -> str | None:
+    tp: Any = cls
+    for part in path.split("."):
+        fields = {f.name: f for f in dataclasses.fields(tp)} if tp is not None else {}
+        if part not in fields:
+            return None
+        rule = fields[part].metadata.get("resume")
+        if rule is not None:
+            if rule not in RESUME_RULES:
+                raise ValueError(f"{tp.__name__}.{part}: resume rule {rule!r} is not one of {RESUME_RULES}")
+            return rule
+        tp = _dataclass_in(_field_types(tp)[part])
+    return None
+
+
+@dataclasses.dataclass(frozen=True)
+class ResumeDiff:
+    """How a new config differs from a stored one: dotted path -> (stored, new) by resume rule."""
+    conflicts: dict[str, tuple[Any, Any]]
+    free: dict[str, tuple[Any, Any]]
+    extended: dict[str, tuple[Any, Any]]
+
+    @property
+    def allowed(self) -> dict[str, tuple[Any, Any]]:
+        """The changes a resume may make, sorted by path."""
+        return dict(sorted({**self.free, **self.extended}.items()))
+
+    @staticmethod
+    def describe(changes: dict[str, tuple[Any, Any]]) -> str:
+        show = lambda v: "absent" if v is _ABSENT else repr(v)  # noqa: E731
+        return ", ".join(f"{k} ({show(a)} -> {show(b)})" for k, (a, b) in changes.items())
+
+    def apply(self, stored: dict) -> dict:
+        """A copy of ``stored`` with the allowed changes made."""
+        out = copy.deepcopy(stored)
+        for path, (_, value) in self.allowed.items():
+            *parents, leaf = path.split(".")
+            node = out
+            for p in parents:
+                node = node.setdefault(p, {})
+            if value is _ABSENT:
+                node.pop(leaf, None)
+            else:
+                node[leaf] = value
+        return out
+
+
+def resume_diff(cls: type, stored: dict, new: dict) -> ResumeDiff:
+    """Compare a stored config dict with a new one (both as :func:`to_dict` writes them) under the
+    resume rules of dataclass ``cls``: the one place that decides whether a rerun may continue
+    the same work. A setting present on one side only counts as changed."""
+    a, b = flatten(stored), flatten(new)
+    parts: dict[str | None, dict] = {None: {}, "free": {}, "extend": {}}
+    for k in changed_fields(stored, new):
+        parts[_resume_rule(cls, k)][k] = (a.get(k, _ABSENT), b.get(k, _ABSENT))
+    return ResumeDiff(conflicts=parts[None], free=parts["free"], extended=parts["extend"])
+
+
+def check_resume(cls: type, stored: dict, new: dict, where: str,
+                 fix: str = "pass the same values or choose another --out") -> ResumeDiff:
+    """:func:`resume_diff`, raising one :class:`CGNError` line (``where``: what holds the
+    stored config) when the new config changes a setting a resume must keep."""
+    diff = resume_diff(cls, stored, new)
+    if diff.conflicts:
+        raise CGNError(f"{where}: a resume may not change {ResumeDiff.describe(diff.conflicts)}; {fix}")
+    return diff
 
 
 def to_dict(cfg: Any) -> dict:

@@ -86,14 +86,15 @@ def _train(args: argparse.Namespace) -> int:
 
     resume_only = args.resume and (Path(args.out) / "checkpoints" / "last.pt").is_file()
     if resume_only:
-        # The run's own config; only its length (--episodes / --set train.episodes) may change.
+        # The run's own config with --episodes / --set; the trainer keeps what a resume may not
+        # change (cgn.config.resume_diff: only the run's length may).
         from cgn.config import from_dict
         from cgn.imagenet.config import ImageNetCGNConfig
         stored = json.loads((Path(args.out) / "config.json").read_text())["config"]
         cfg = from_dict(ImageNetCGNConfig, stored)
         if args.episodes is not None:
             cfg = override(cfg, {"train.episodes": args.episodes})
-        cfg = override(cfg, [a for a in args.set if a.split("=", 1)[0].strip() == "train.episodes"])
+        cfg = override(cfg, args.set)
         records = train(cfg, args.out, resume=True, device=args.device, quiet=args.quiet)
         if records and is_main_process():
             print(json.dumps(records[-1]))

@@ -23,10 +23,6 @@ _FIELDS = {
     "log_every": "log_every",
 }
 _PATHS = {"train_dir", "val_dir", "cf_dir", "class_index", "weights", "cue_conflict", "in9"}
-# fields a resumed run may change (where the data lives, how it is read, how long to run)
-_RESUMABLE = {"data.train_dir", "data.val_dir", "data.cf_dir", "data.class_index", "data.workers",
-              "model.weights_file", "eval.cue_conflict_dir", "eval.in9_dir", "eval.batch_size",
-              "device", "max_steps", "checkpoint_every", "log_every", "tensorboard"}
 
 
 def _abs(p: str) -> str:
@@ -127,9 +123,9 @@ def _overrides(args: argparse.Namespace) -> dict:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from cgn.config import override, to_dict
+    from cgn.config import check_resume, override, to_dict
     from cgn.core.distributed import init_distributed, shutdown_distributed
-    from cgn.imagenet.classifier_config import config_from_dict, preset_config
+    from cgn.imagenet.classifier_config import ClassifierTrainConfig, config_from_dict, preset_config
     from cgn.imagenet.classifier_train import (evaluate_model, load_classifier,
                                                train_classifier)
     from cgn.io import write_json_atomic
@@ -153,19 +149,11 @@ def _train(args: argparse.Namespace) -> int:
             print()
         return 0
     if args.resume and stored.exists():
-        cfg = config_from_dict(json.loads(stored.read_text())["config"])
-        old = to_dict(cfg)
-        changed = []
-        for k, v in ov.items():
-            cur = old
-            for part in k.split(".")[:-1]:
-                cur = cur.get(part, {})
-            if k not in _RESUMABLE and str(cur.get(k.split(".")[-1])) != str(v):
-                changed.append(k)
-        if changed:
-            raise CGNError(f"--resume continues the stored config; {', '.join(changed)} would "
-                           "change it: drop those options or start a new run with another --out")
-        cfg = override(cfg, ov)
+        old = config_from_dict(json.loads(stored.read_text())["config"])
+        cfg = override(old, ov)
+        check_resume(ClassifierTrainConfig, to_dict(old), to_dict(cfg),
+                     f"--resume continues the stored config of {out}",
+                     "drop those options or start a new run with another --out")
     else:
         cfg = override(preset_config(args.preset), ov)
     dist = init_distributed(cfg.device)

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from cgn import __version__
+from cgn.config import ResumeDiff, check_resume
 from cgn.core.lock import lock_dir
 from cgn.errors import CGNError
 from cgn.io import append_jsonl, read_jsonl, write_json_atomic
@@ -51,6 +52,14 @@ class RunDir:
         except (json.JSONDecodeError, KeyError, TypeError):
             raise CGNError(f"{self.config_path} is damaged (not the JSON record cgn writes); restore "
                            "it, or start the run again in another --out") from None
+
+    def check_resume(self, cls: type, new: dict, stored: dict | None = None,
+                     where: str | None = None) -> ResumeDiff:
+        """Refuse (one :class:`CGNError` line) a rerun whose config ``new`` changes a setting of
+        the stored one (``config.json``, or ``stored``) that the resume rules of dataclass ``cls``
+        keep; returns the differences (:func:`cgn.config.resume_diff`)."""
+        return check_resume(cls, self.stored_config() if stored is None else stored, new,
+                            where or f"{self.root} holds a run with other settings")
 
     def log(self, message: str, echo: bool = True) -> None:
         stamp = _dt.datetime.now().strftime("%Y-%m-%d %H:%M:%S")

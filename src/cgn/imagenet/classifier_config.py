@@ -23,7 +23,8 @@ class ModelConfig:
     pretrained: bool = field(default=True, metadata={
         "help": "start from torchvision's ImageNet weights (downloaded once) unless weights_file"})
     weights_file: str = field(default="", metadata={
-        "help": "local state dict of the full torchvision classifier (overrides pretrained)"})
+        "help": "local state dict of the full torchvision classifier (overrides pretrained)",
+        "resume": "free"})
 
     def __post_init__(self):
         check(bool(self.arch), "model.arch must name an architecture")
@@ -32,19 +33,21 @@ class ModelConfig:
 @dataclass
 class DataConfig:
     train_dir: str = field(default="", metadata={
-        "help": "ImageFolder of real training images (class folders named by wnid)"})
-    val_dir: str = field(default="", metadata={"help": "ImageFolder of real validation images"})
+        "help": "ImageFolder of real training images (class folders named by wnid)", "resume": "free"})
+    val_dir: str = field(default="", metadata={"help": "ImageFolder of real validation images",
+                                               "resume": "free"})
     cf_dir: str = field(default="", metadata={
         "help": "counterfactual dataset (DIR/train, DIR/val with labels.csv); empty = baseline "
-                "mode, real images only"})
+                "mode, real images only", "resume": "free"})
     cf_ratio: float = field(default=1.0, metadata={
         "help": "counterfactual batch = int(cf_ratio * batch_size) images next to each real batch"})
     class_index: str = field(default="", metadata={
-        "help": "optional folder-name -> ImageNet index file for folders not named by wnid"})
+        "help": "optional folder-name -> ImageNet index file for folders not named by wnid",
+        "resume": "free"})
     image_size: int = field(default=224, metadata={"help": "training / evaluation crop size"})
     resize_size: int = field(default=256, metadata={
         "help": "evaluation resize before the centre crop"})
-    workers: int = field(default=4, metadata={"help": "DataLoader worker processes"})
+    workers: int = field(default=4, metadata={"help": "DataLoader worker processes", "resume": "free"})
 
     def __post_init__(self):
         check(self.cf_ratio > 0, f"data.cf_ratio must be > 0, got {self.cf_ratio}")
@@ -77,16 +80,18 @@ class OptimConfig:
 @dataclass
 class EvalConfig:
     cue_conflict_dir: str = field(default="", metadata={
-        "help": "cue-conflict stimuli, DIR/<shape category>/<shape><k>-<texture><j>.png"})
+        "help": "cue-conflict stimuli, DIR/<shape category>/<shape><k>-<texture><j>.png",
+        "resume": "free"})
     in9_dir: str = field(default="", metadata={
-        "help": "IN-9 backgrounds challenge: DIR/<variant>/val/<NN_class>/<image>"})
+        "help": "IN-9 backgrounds challenge: DIR/<variant>/val/<NN_class>/<image>", "resume": "free"})
     in9_variants: list[str] = field(default_factory=lambda: list(IN9_VARIANTS), metadata={
         "help": "IN-9 variants to evaluate (original, mixed_same, mixed_rand, ...)"})
     in9_normalization: Literal["in9", "imagenet"] = field(default="in9", metadata={
         "help": "IN-9 input normalisation: the challenge's statistics (as the original) or ImageNet's"})
     exclude_same_category: bool = field(default=True, metadata={
         "help": "shape bias: leave out cue-conflict images whose shape and texture categories coincide"})
-    batch_size: int = field(default=64, metadata={"help": "evaluation batch size per process"})
+    batch_size: int = field(default=64, metadata={"help": "evaluation batch size per process",
+                                                  "resume": "free"})
     every: int = field(default=1, metadata={"help": "evaluate every N epochs (and after the last)"})
     before_training: bool = field(default=False, metadata={
         "help": "also evaluate the initial model (logged at epoch 0)"})
@@ -105,12 +110,16 @@ class ClassifierTrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     seed: int = field(default=0, metadata={"help": "seed of initialisation, data order, augmentation"})
-    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:N"})
-    log_every: int = field(default=50, metadata={"help": "training log line every N steps"})
+    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:N", "resume": "free"})
+    log_every: int = field(default=50, metadata={"help": "training log line every N steps",
+                                                 "resume": "free"})
     checkpoint_every: int = field(default=2000, metadata={
-        "help": "checkpoint every N steps besides each epoch end (0 = epoch ends only)"})
-    max_steps: int = field(default=0, metadata={"help": "stop after N steps in total (0 = no limit)"})
-    tensorboard: bool = field(default=True, metadata={"help": "also write TensorBoard scalars to OUT/tb"})
+        "help": "checkpoint every N steps besides each epoch end (0 = epoch ends only)",
+        "resume": "free"})
+    max_steps: int = field(default=0, metadata={"help": "stop after N steps in total (0 = no limit)",
+                                                 "resume": "extend"})
+    tensorboard: bool = field(default=True, metadata={"help": "also write TensorBoard scalars to OUT/tb",
+                                                      "resume": "free"})
 
     def __post_init__(self):
         check(self.log_every > 0, f"log_every must be > 0, got {self.log_every}")

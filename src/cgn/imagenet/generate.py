@@ -29,7 +29,7 @@ import torch
 from PIL import Image
 from torchvision.utils import make_grid
 
-from cgn.config import from_dict
+from cgn.config import check_resume, from_dict
 from cgn.core.checkpoint import FORMAT, torch_load
 from cgn.core.progress import progress
 from cgn.core.lock import lock_dir
@@ -117,6 +117,8 @@ def regenerate(model: ImageNetCGN, seed: int, shape_class: int, texture_class: i
 
 @dataclass
 class DatasetSpec:
+    """The settings ``generation.json`` records; a resume keeps every one (the number of images
+    and the batch size are not among them)."""
     mode: Literal["random", "fixed"]
     seed: int
     truncation: float
@@ -146,11 +148,8 @@ def generate_dataset(model: ImageNetCGN, out: str | os.PathLike, split: str, n: 
     meta_path = d / "generation.json"
     meta = asdict(spec)
     if meta_path.is_file():
-        old = json.loads(meta_path.read_text())
-        if old != meta:
-            diff = sorted(k for k in meta if old.get(k) != meta[k])
-            raise CGNError(f"{d} was generated with other settings ({', '.join(diff)} differ); "
-                           "use the same settings to resume, or another --out")
+        check_resume(DatasetSpec, json.loads(meta_path.read_text()), meta,
+                     f"{d} was generated with other settings", "use the same settings to resume, or another --out")
     else:
         write_json_atomic(meta_path, meta)
     writer = CFDatasetWriter(out, split)

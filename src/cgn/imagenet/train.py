@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torchvision.utils import make_grid
 
-from cgn.config import from_dict, to_dict
+from cgn.config import ResumeDiff, from_dict, resume_diff, to_dict
 from cgn.core.checkpoint import load_checkpoint, save_checkpoint, torch_load
 from cgn.core.distributed import init_distributed, shutdown_distributed
 from cgn.core.progress import progress
@@ -110,14 +110,13 @@ class Trainer:
         last = self.out / "checkpoints" / "last.pt"
         if resume and last.is_file():
             ckpt = load_checkpoint(last, kind=CHECKPOINT_KIND)
-            stored = from_dict(ImageNetCGNConfig, ckpt["config"])
-            if to_dict(stored) != to_dict(cfg):
-                # Only the length of the run may change on resume.
-                extended = from_dict(ImageNetCGNConfig, {**to_dict(stored), "train": {
-                    **to_dict(stored.train), "episodes": cfg.train.episodes}})
-                if to_dict(extended) != to_dict(cfg):
-                    self._log("resume: using the stored config (only train.episodes may change)")
-                cfg = extended
+            stored = to_dict(from_dict(ImageNetCGNConfig, ckpt["config"]))
+            # The checkpoint's config, with the changes a resume may make (the run's length).
+            diff = resume_diff(ImageNetCGNConfig, stored, to_dict(cfg))
+            if diff.conflicts:
+                self._log(f"resume: a resume may not change {ResumeDiff.describe(diff.conflicts)}; "
+                          "using the stored values")
+            cfg = from_dict(ImageNetCGNConfig, diff.apply(stored))
         self.cfg = cfg
         if self.ctx.is_main:
             self.run = RunDir(self.out, to_dict(cfg), resume=resume)

@@ -88,15 +88,16 @@ class TrainConfig:
     data_seed: int = field(default=0, metadata={"help": "seed the dataset was built with"})
     textures: str | None = field(default=None, metadata={
         "help": "wildlife texture folder (object/, background/); None: the variants' default set"})
-    epochs: int = field(default=15, metadata={"help": "passes over the training set"})
+    epochs: int = field(default=15, metadata={"help": "passes over the training set", "resume": "extend"})
     max_steps: int | None = field(default=None, metadata={
-        "help": "stop after this many generator steps (overrides epochs when set)"})
+        "help": "stop after this many generator steps (overrides epochs when set)", "resume": "extend"})
     batch_size: int = field(default=16, metadata={"help": "batch size"})
     limit_train: int | None = field(default=None, metadata={
         "help": "use only the first N training images (quick probes and tests)"})
     seed: int = field(default=0, metadata={"help": "seed of init, labels, noise, shuffling, dropout"})
-    device: str = field(default="auto", metadata={"help": "auto | cpu | cuda[:N]"})
-    threads: int = field(default=0, metadata={"help": "torch CPU threads (0: torch's default)"})
+    device: str = field(default="auto", metadata={"help": "auto | cpu | cuda[:N]", "resume": "free"})
+    threads: int = field(default=0, metadata={"help": "torch CPU threads (0: torch's default)",
+                                              "resume": "free"})
     log_every: int = field(default=50, metadata={"help": "steps between metrics.jsonl lines"})
     sample_every: int = field(default=1000, metadata={"help": "steps between sample grids"})
     timeline_every: int = field(default=250, metadata={"help": "steps between mask-timeline frames"})

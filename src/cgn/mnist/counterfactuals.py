@@ -28,13 +28,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from cgn.config import changed_fields, check
+from cgn.config import check, check_resume
 from cgn.core.composer import compose
 from cgn.core.lock import lock_dir
 from cgn.core.progress import progress
@@ -58,8 +58,9 @@ class GenerateConfig:
     seed: int = 0                 # run seed; every image's seed derives from it
     counterfactual: bool = True   # False: plain CGN samples (one label and noise for all IMs)
     shard_size: int = 50_000      # images per shard file
-    batch_size: int = 256         # images per forward pass: changes no image, only the speed
-                                  # (256 measured ~1.35x faster than 1000 on CPU, bf16)
+    # images per forward pass: changes no image, only the speed, so a resume may change it
+    # (256 measured ~1.35x faster than 1000 on CPU, bf16)
+    batch_size: int = field(default=256, metadata={"resume": "free"})
     precision: str = "bf16"       # "bf16": bf16 autocast (AMX/AVX-512 on CPU); "fp32"
 
     def __post_init__(self):
@@ -68,6 +69,18 @@ class GenerateConfig:
         check(self.seed >= 0, f"seed must be non-negative, got {self.seed}")
         check(self.shard_size >= 1 and self.batch_size >= 1, "shard_size and batch_size must be >= 1")
         check(self.precision in ("bf16", "fp32"), f"precision must be bf16 or fp32, got {self.precision!r}")
+
+
+@dataclass
+class Generation:
+    """What a resumed generation must keep: its config and the CGN (by content)."""
+    config: GenerateConfig
+    generator_sha256: str | None
+
+    @staticmethod
+    def record(manifest: dict) -> dict:
+        return {"config": manifest.get("config", {}),
+                "generator_sha256": manifest.get("generator", {}).get("sha256")}
 
 
 # ---- counter-based seeds ----------------------------------------------------------------------
@@ -188,11 +201,8 @@ def generate(model, cfg: GenerateConfig, out: str | Path, *, source: dict,
     mpath = out / "manifest.json"
     if mpath.exists():
         old = json.loads(mpath.read_text())
-        # batch_size only sets the pace: it may change on resume
-        if changed_fields(old.get("config", {}), manifest["config"], ignore=("batch_size",)) or \
-                old.get("generator", {}).get("sha256") != source.get("sha256"):
-            raise CGNError(f"{out} already holds a different generation (other settings or CGN); "
-                           "choose another --out or delete it")
+        check_resume(Generation, Generation.record(old), Generation.record(manifest),
+                     f"{out} already holds a different generation", "choose another --out or delete it")
         if old.get("renderer", "layers-1") != RENDERER:
             log(f"note: {out} was started by renderer {old.get('renderer', 'layers-1')}; its remaining "
                 f"shards are written by {RENDERER} (same seeds, images equal up to bf16 rounding)")

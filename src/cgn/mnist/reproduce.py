@@ -36,7 +36,7 @@ from typing import Literal
 
 import numpy as np
 
-from cgn.config import changed_fields, check
+from cgn.config import check
 from cgn.core.interrupt import restore_sigterm, sigterm_as_interrupt
 from cgn.core.lock import share_with_children
 from cgn.core.rundir import RunDir
@@ -64,13 +64,18 @@ class ReproduceConfig:
     textures: str | None = None          # wildlife texture folder (None: procedural set)
     cgn_steps: int | None = None         # trained CGNs: override the recipe's number of steps
     precision: Literal["bf16", "fp32"] = "bf16"
-    ablation_sizes: list[int] = field(default_factory=list)  # e.g. [10000, 100000, 1000000]
+    # e.g. [10000, 100000, 1000000]; outputs are keyed by size (cf-<size>/, clf-real+cf-<size>/),
+    # so a rerun may add sizes (the run records them) and reuses the steps done
+    ablation_sizes: list[int] = field(default_factory=list, metadata={"resume": "extend"})
     ssim_weight: float | None = None     # also train CGNs with this SSIM weight (Table 4)
     cgn_runs: dict[str, str] = field(default_factory=dict)  # dataset -> finished `cgn train-cgn` run dir
-    threads: int = 0                     # torch CPU threads per process (0: torch's default; with
-                                         # jobs > 1: CPU count // workers)
-    jobs: int = 1                        # datasets run concurrently in up to this many worker
-                                         # processes (same results as 1 at the same thread count)
+    # How the run executes, not what it computes, so a rerun may change them ("free"; another
+    # thread count may change float rounding of the steps still to run, as train-cgn's --resume
+    # allows). threads: torch CPU threads per process (0: torch's default; with jobs > 1: CPU
+    # count // workers). jobs: datasets run concurrently in up to this many worker processes
+    # (same results as 1 at the same thread count).
+    threads: int = field(default=0, metadata={"resume": "free"})
+    jobs: int = field(default=1, metadata={"resume": "free"})
     limit_real: int | None = None        # only the first N real training images (tests, probes)
 
     def __post_init__(self):
@@ -93,13 +98,6 @@ class ReproduceConfig:
 QUICK = {"datasets": ["colored-mnist"], "cgn": "trained", "cgn_steps": 1500, "n_counterfactuals": 20_000,
          "train_sets": ["real", "real+cf"], "epochs": 2}
 
-# How a run executes, not what it computes: a rerun may change them and still resume. (A different
-# thread count may change float rounding of the steps still to run, as train-cgn's --resume allows.)
-EXECUTION_FIELDS = ("jobs", "threads")
-# Outputs keyed by their own value (cf-<size>/, clf-real+cf-<size>/): sizes may be added when
-# resuming, and the steps already done are reused.
-EXTENSIBLE_FIELDS = ("ablation_sizes",)
-
 
 class Reproduction:
     def __init__(self, cfg: ReproduceConfig, out: str | Path, command: str, resume: bool = True):
@@ -114,10 +112,8 @@ class Reproduction:
                 raise CGNError(f"{path} not found; --cgn reference DIR needs {REFERENCE_FILES[dataset]} in DIR")
         self.run = RunDir(self.out, asdict(cfg), resume=resume)
         stored, new = self.run.stored_config(), asdict(cfg)
-        if changed_fields(stored, new, ignore=EXECUTION_FIELDS + EXTENSIBLE_FIELDS):
-            raise CGNError(f"{self.out} holds a reproduction with other settings; use another --out "
-                           "or the same options as before")
-        changed = [k for k in EXTENSIBLE_FIELDS if stored.get(k, []) != new[k]]
+        diff = self.run.check_resume(ReproduceConfig, new)
+        changed = [k for k in diff.extended if stored.get(k, []) != new[k]]
         if changed:
             record = json.loads(self.run.config_path.read_text())
             record["config"].update({k: new[k] for k in changed})

@@ -40,7 +40,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from cgn.config import changed_fields, flatten, to_dict
+from cgn.config import check_resume, to_dict
 from cgn.core.checkpoint import load_checkpoint, save_checkpoint
 from cgn.core.device import resolve_device
 from cgn.core.losses import (STYLE_SCALE, StyleLoss, lsgan_discriminator_loss, lsgan_generator_loss,
@@ -51,15 +51,12 @@ from cgn.core.rundir import RunDir
 from cgn.core.sampling import eval_mode, sample_plain, to_uint8
 from cgn.core.seeding import rng_state, seed_everything, set_rng_state
 from cgn.core.stats import WindowStats
-from cgn.errors import CGNError
 from cgn.io import save_npz_atomic, write_json_atomic
 from cgn.mnist.config import CGNTrainConfig, config_from_dict
 from cgn.mnist.discriminator import build_discriminator
 from cgn.mnist.model import CHECKPOINT_KIND, MnistCGN
 from cgn.mnist.preview import make_grid, save_png, stack_vertical, titled
 
-# Config fields that may change when a run is resumed (they do not change what is computed).
-RESUMABLE_CHANGES = {"train.epochs", "train.max_steps", "train.device", "train.threads"}
 GRID_ROWS = 4           # sample grid: 10 classes x GRID_ROWS fixed noise vectors
 TIMELINE_PER_CLASS = 2  # mask timeline: 10 classes x 2 fixed noise vectors
 TIMELINE_ROWS = 12      # frames shown in mask_timeline.png (evenly spaced over the run)
@@ -359,18 +356,12 @@ class Trainer:
         new_dict = to_dict(cfg)
         if cfg.loss.feature_extractor == "auto":  # resolved when the run started
             new_dict["loss"]["feature_extractor"] = stored_dict["loss"]["feature_extractor"]
-        new, old = flatten(new_dict), flatten(stored_dict)
-        changed = changed_fields(stored_dict, new_dict)
-        bad = [k for k in changed if k not in RESUMABLE_CHANGES]
-        if bad:
-            raise CGNError(f"--resume: the run in {self.out} was started with a different config "
-                           f"({', '.join(f'{k}: {old.get(k)!r} -> {new.get(k)!r}' for k in bad[:3])}); "
-                           "resume with the same options or start a new --out")
-        if changed:
-            merged = config_from_dict({**stored_dict, "train": {**stored_dict["train"],
-                                       **{k.split('.', 1)[1]: new[k] for k in changed}}})
+        diff = check_resume(CGNTrainConfig, stored_dict, new_dict,
+                            f"--resume: the run in {self.out} was started with a different config")
+        if diff.allowed:
+            merged = config_from_dict(diff.apply(stored_dict))
             record = {**stored_record, "config": {**to_dict(merged), "resolved": stored_record["config"].get("resolved", {})}}
-            record.setdefault("resume_changes", []).append({k: new[k] for k in changed})
+            record.setdefault("resume_changes", []).append({k: v for k, (_, v) in diff.allowed.items()})
             write_json_atomic(self.out / "config.json", record)
             return merged
         return stored
