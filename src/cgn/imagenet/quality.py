@@ -233,7 +233,7 @@ def evaluate_folder(folder: str | os.PathLike, *, classifier: nn.Module | None =
                                    total=-(-len(files) // batch_size))
 
     def masks() -> Iterable[np.ndarray] | None:
-        if not mask_files and metrics == ["mu_mask"]:
+        if not mask_files and needs == {"masks"}:  # nothing else asked for
             raise CGNError(f"{folder} has no masks/ folder; generate with --save-masks")
         return (_load_mask(p) for p in mask_files) if mask_files else None
 
