@@ -14,7 +14,7 @@ import argparse
 from pathlib import Path
 
 from cgn.errors import CGNError
-from cgn.mnist.train import ShapeJudge, timeline_shape_accuracy
+from cgn.mnist.quality import ShapeJudge, timeline_shape_accuracy
 
 
 def main() -> None:

@@ -14,8 +14,8 @@ from torch import nn
 from torchvision.transforms import ToTensor
 
 from cgn.errors import CGNError
-from cgn.imagenet.evaluate import (IN9_CLASSES, IN9_INDICES, IN9Folder, in9_bg_gap,
-                                   in9_variant_dir, in_to_in9)
+from cgn.imagenet.in9 import (IN9_CLASSES, IN9_INDICES, IN9Folder, in9_bg_gap, in9_variant_dir,
+                              in_to_in9)
 
 SHARED = Path(os.environ.get("CGN_SHARED_DATA")
               or Path(__file__).resolve().parents[1] / ".." / "shared" / "data")

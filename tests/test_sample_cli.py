@@ -106,7 +106,7 @@ def test_authors_double_colored_cgn_paints_the_spec_colours(shared_data, tmp_pat
 
 def test_authors_double_colored_shapes_are_the_label(shared_data, tmp_path):
     require_mnist()
-    from cgn.mnist.train import ShapeJudge
+    from cgn.mnist.quality import ShapeJudge
     judge = ShapeJudge.load()
     ref = shared_data / "cgn_reference" / "checkpoints" / "double_colored_mnist.pth"
     per_class = []

@@ -12,9 +12,9 @@ import torch
 from torch import nn
 
 from cgn.errors import CGNError
-from cgn.imagenet.evaluate import (CATEGORIES, CATEGORY_INDICES, CueConflictDataset, decide_16,
-                                   parse_stimulus_name, shape_bias, shape_bias_counts,
-                                   shape_bias_from_counts)
+from cgn.imagenet.shape_bias import (CATEGORIES, CATEGORY_INDICES, CueConflictDataset, decide_16,
+                                     parse_stimulus_name, shape_bias, shape_bias_counts,
+                                     shape_bias_from_counts)
 
 SHARED = Path(os.environ.get("CGN_SHARED_DATA")
               or Path(__file__).resolve().parents[1] / ".." / "shared" / "data")

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from cgn.io import save_npz_atomic
-from cgn.mnist.train import ShapeJudge, timeline_shape_accuracy
+from cgn.mnist.quality import ShapeJudge, timeline_shape_accuracy
 from cgn.mnist.variants import _resize_nearest
 
 from conftest import require_mnist

@@ -189,12 +189,12 @@ def _generate(args: argparse.Namespace) -> int:
 
 def _metrics(args: argparse.Namespace) -> int:
     from cgn.core.device import resolve_device
-    from cgn.imagenet.quality import evaluate_folder, load_inception
+    from cgn.imagenet.quality import evaluate_folder, load_inception, needs_classifier
     from cgn.io import write_json_atomic
 
     device = resolve_device(args.device)
     clf = None
-    if "inception_score" in args.metrics:
+    if needs_classifier(args.metrics):
         clf = load_inception(args.classifier, allow_download=args.download)
     res = evaluate_folder(args.folder, classifier=clf, classifier_description=clf.description if clf else "",
                           metrics=args.metrics, splits=args.splits, limit=args.limit,

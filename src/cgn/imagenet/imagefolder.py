@@ -188,6 +188,15 @@ def imagenet_index(folder: str, extra: dict[str, int] | None = None) -> int | No
     return None
 
 
+def expand_indices(spec: str) -> list[int]:
+    """ImageNet-1k indices written as ranges: ``"8 10-12"`` -> [8, 10, 11, 12]."""
+    out: list[int] = []
+    for part in spec.split():
+        a, _, b = part.partition("-")
+        out.extend(range(int(a), int(b or a) + 1))
+    return out
+
+
 class ImageNetFolder(ImageFolder):
     """``torchvision.datasets.ImageFolder`` whose targets are ImageNet-1k indices (0..999).
 

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from cgn.core.metrics import register_metric
+from cgn.core.metrics import calc_metric, check_metric_names, metric_needs, register_metric
 from cgn.core.progress import progress
 from cgn.errors import CGNError
 from cgn.paths import cgn_home
@@ -38,6 +38,7 @@ INCEPTION_URL = "https://download.pytorch.org/models/inception_v3_google-0cc3c7b
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".JPEG", ".webp")
+FOLDER_METRICS = ("inception_score", "mu_mask")  # what evaluate_folder computes, by default all
 
 
 @register_metric("inception_score", help="Inception Score of class probabilities: (mean, std) over splits")
@@ -208,29 +209,39 @@ class FolderQuality:
         return d
 
 
+def needs_classifier(metrics: Sequence[str]) -> bool:
+    """Whether any of ``metrics`` needs class probabilities, i.e. a classifier to be loaded."""
+    return any("probs" in metric_needs(m) for m in metrics)
+
+
 def evaluate_folder(folder: str | os.PathLike, *, classifier: nn.Module | None = None,
-                    classifier_description: str = "", metrics: Sequence[str] = ("inception_score", "mu_mask"),
+                    classifier_description: str = "", metrics: Sequence[str] = FOLDER_METRICS,
                     splits: int = 10, limit: int | None = None, batch_size: int = 50,
                     device: torch.device | str = "cpu") -> FolderQuality:
     """IS over the folder's images and μ_mask over its ``masks/`` (when present)."""
-    unknown = set(metrics) - {"inception_score", "mu_mask"}
-    if unknown:
-        raise CGNError(f"unknown quality metric(s) {sorted(unknown)}; use inception_score, mu_mask")
+    metrics = check_metric_names(metrics, FOLDER_METRICS, "folder quality")
     files = folder_images(folder)[:limit]
-    is_ = None
-    if "inception_score" in metrics:
+    needs = {need for name in metrics for need in metric_needs(name)}
+    mask_files = (sorted(p for p in Path(folder).rglob("*.png") if p.parent.name == "masks")[:limit]
+                  if "masks" in needs else [])
+
+    def probs() -> np.ndarray:
         if classifier is None:
             raise CGNError("the Inception Score needs a classifier")
-        classifier = classifier.to(device).eval()
-        probs = class_probabilities(iter_batches(files, batch_size), classifier, device,
-                                    total=-(-len(files) // batch_size))
-        is_ = inception_score(probs, splits)
-    mu, n_masks = None, 0
-    if "mu_mask" in metrics:
-        mask_files = sorted(p for p in Path(folder).rglob("*.png") if p.parent.name == "masks")[:limit]
-        if mask_files:
-            mu = mu_mask(_load_mask(p) for p in mask_files)
-            n_masks = len(mask_files)
-        elif list(metrics) == ["mu_mask"]:
+        clf = classifier.to(device).eval()
+        return class_probabilities(iter_batches(files, batch_size), clf, device,
+                                   total=-(-len(files) // batch_size))
+
+    def masks() -> Iterable[np.ndarray] | None:
+        if not mask_files and needs == {"masks"}:  # nothing else asked for
             raise CGNError(f"{folder} has no masks/ folder; generate with --save-masks")
-    return FolderQuality(len(files), is_, mu, n_masks, classifier_description)
+        return (_load_mask(p) for p in mask_files) if mask_files else None
+
+    inputs = {"probs": probs, "masks": masks}
+    values = {}
+    for name in metrics:
+        data = {need: inputs[need]() for need in metric_needs(name)}
+        if all(v is not None for v in data.values()):  # no masks: no μ_mask
+            values[name] = calc_metric(name, splits=splits, **data)
+    return FolderQuality(len(files), values.get("inception_score"), values.get("mu_mask"),
+                         len(mask_files) if "mu_mask" in values else 0, classifier_description)

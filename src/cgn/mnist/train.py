@@ -32,13 +32,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw
 
 from cgn.config import check_resume, to_dict
 from cgn.core.checkpoint import load_checkpoint, save_checkpoint
@@ -48,18 +46,18 @@ from cgn.core.losses import (STYLE_SCALE, StyleLoss, lsgan_discriminator_loss, l
 from cgn.core.perceptual import FeatureSource, load_vgg16
 from cgn.core.progress import progress
 from cgn.core.rundir import RunDir
-from cgn.core.sampling import eval_mode, sample_plain, to_uint8
+from cgn.core.sampling import eval_mode
 from cgn.core.seeding import rng_state, seed_everything, set_rng_state
 from cgn.core.stats import WindowStats
 from cgn.io import save_npz_atomic, write_json_atomic
 from cgn.mnist.config import CGNTrainConfig, config_from_dict
 from cgn.mnist.discriminator import build_discriminator
+from cgn.mnist.figures import save_sample_grid, save_timeline_figure
 from cgn.mnist.model import CHECKPOINT_KIND, MnistCGN
-from cgn.mnist.preview import make_grid, save_png, stack_vertical, titled
+from cgn.mnist.quality import evaluate_generator
 
 GRID_ROWS = 4           # sample grid: 10 classes x GRID_ROWS fixed noise vectors
 TIMELINE_PER_CLASS = 2  # mask timeline: 10 classes x 2 fixed noise vectors
-TIMELINE_ROWS = 12      # frames shown in mask_timeline.png (evenly spaced over the run)
 
 
 def _sub_seed(seed: int, *key: int) -> int:
@@ -97,174 +95,6 @@ def background_bias_from_data(images: torch.Tensor, max_images: int = 5000) -> t
     x = images[:max_images].permute(1, 0, 2, 3).reshape(images.shape[1], -1)
     med = x.median(dim=1).values.float() / 127.5 - 1.0
     return torch.atanh(med.clamp(-0.995, 0.995))
-
-
-# --- shape judge: are the masks recognisable digits? ----------------------------------------------
-
-class ShapeJudge:
-    """A fixed digit classifier for masks: ridge regression on 1000 seeded random ReLU features
-    (plus the pixels) of binarised 32x32 MNIST training digits ``[:50000]``. 95 % accurate on
-    MNIST ``[50000:60000]``; on masks of the authors' CGNs 80-95 %. Used to report how
-    recognisable a CGN's shapes are (``shape_accuracy``); cached in ``$CGN_HOME/judges``."""
-
-    VERSION = 1
-    N_FEATURES = 1000
-    RIDGE = 10.0
-
-    def __init__(self, weights: torch.Tensor, proj: torch.Tensor):
-        self.weights, self.proj = weights, proj
-
-    @staticmethod
-    def _features(x: torch.Tensor, proj: torch.Tensor) -> torch.Tensor:
-        x = x.flatten(1).float()
-        return torch.cat([torch.relu(x @ proj), x, torch.ones(x.shape[0], 1)], dim=1)
-
-    @classmethod
-    def load(cls) -> "ShapeJudge":
-        from cgn.paths import cache_dir
-        path = cache_dir("judges") / f"mnist-shape-judge-v{cls.VERSION}.npz"
-        if path.exists():
-            with np.load(path, allow_pickle=False) as z:
-                return cls(torch.from_numpy(z["weights"]), torch.from_numpy(z["proj"]))
-        from cgn.mnist.source import load_mnist
-        mnist = load_mnist()
-        from cgn.mnist.variants import _resize_nearest
-        digits = _resize_nearest(mnist.train_images[:50000]) > 25  # 32x32, binarised like double-colored
-        x = torch.from_numpy(digits.reshape(len(digits), -1).astype(np.float32))
-        y = torch.nn.functional.one_hot(torch.from_numpy(mnist.train_labels[:50000].astype(np.int64)), 10).float()
-        g = torch.Generator().manual_seed(0)
-        proj = torch.randn(x.shape[1], cls.N_FEATURES, generator=g) / math.sqrt(x.shape[1] * 0.15)
-        f = cls._features(x, proj)
-        a = (f.T @ f).double() + cls.RIDGE * torch.eye(f.shape[1], dtype=torch.float64)
-        w = torch.linalg.solve(a, (f.T @ y).double()).float()
-        save_npz_atomic(path, weights=w.numpy(), proj=proj.numpy())
-        return cls(w, proj)
-
-    def predict(self, masks: torch.Tensor) -> torch.Tensor:
-        """masks [N, 1, 32, 32] (or [N, 32, 32]) in [0, 1] -> predicted digit [N]."""
-        return (self._features(masks.reshape(masks.shape[0], -1).cpu(), self.proj) @ self.weights).argmax(1)
-
-
-def mask_statistics(model: MnistCGN, n: int, seed: int, judge: ShapeJudge | None = None) -> dict:
-    """Mean mask (overall, per class), fraction of pixels > 0.5, and the judge's shape accuracy,
-    over ``n`` plain samples with balanced labels."""
-    labels = torch.arange(model.n_classes).repeat(-(-n // model.n_classes))[:n]
-    s = sample_plain(model, labels, seed=seed, batch_size=500)
-    m = s.mask[:, 0]
-    per_class = [float(m[labels == k].mean()) for k in range(model.n_classes)]
-    out = {"mask_mean": float(m.mean()), "mask_mean_per_class": [round(v, 4) for v in per_class],
-           "mask_area_gt_0.5": float((m > 0.5).float().mean()),
-           "mask_binary_entropy": float(mask_binary_entropy(m.clamp(1e-4, 1 - 1e-4)))}
-    if judge is not None:
-        out["shape_accuracy"] = float((judge.predict(m) == labels).float().mean())
-    return out
-
-
-def timeline_shape_accuracy(path: str | Path, judge: ShapeJudge, window: int = 2000) -> list[dict]:
-    """Shape-judge accuracy of a run's mask timeline (``samples/mask_timeline.npz``: masks of fixed
-    noise and labels, recorded every ``train.timeline_every`` steps), averaged over windows of
-    ``window`` steps: when in training each class's mask became its digit. Returns rows
-    ``{"from": step, "to": step, "frames": n, "shape_accuracy": a}``."""
-    with np.load(path, allow_pickle=False) as z:
-        steps, masks, labels = z["steps"], torch.from_numpy(z["masks"]), torch.from_numpy(z["labels"])
-    pred = judge.predict(masks.flatten(0, 1)).view(len(steps), -1)  # [frames, masks per frame]
-    acc = (pred == labels).float().mean(1).numpy()
-    rows = []
-    for start in range(0, int(steps.max()) + 1, window):
-        sel = (steps >= start) & (steps < start + window)
-        if sel.any():
-            rows.append({"from": int(steps[sel].min()), "to": int(steps[sel].max()), "frames": int(sel.sum()),
-                         "shape_accuracy": round(float(acc[sel].mean()), 4)})
-    return rows
-
-
-def colour_tables(dataset: str) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """(digit colour per class, background colour per class) [10, 3] in [0, 1], where the dataset
-    paints by colour (None where it does not: colored MNIST's background, wildlife)."""
-    from cgn.mnist import variants
-    if dataset == "colored-mnist":
-        return variants.COLORED_PALETTE, None
-    if dataset == "double-colored-mnist":
-        return variants.double_colored_tables()
-    return None, None
-
-
-def colour_fidelity(model: MnistCGN, dataset: str, n: int, seed: int) -> dict:
-    """Do counterfactual colours follow their labels? Shape, texture and background labels are
-    drawn independently; for each sample the median colour of its digit pixels (mask > 0.9) and of
-    its background pixels (mask < 0.1) is matched to the nearest class colour of the dataset's
-    table; the accuracy is the share matching the texture / background label."""
-    from cgn.core.sampling import sample
-    fg_table, bg_table = colour_tables(dataset)
-    if fg_table is None and bg_table is None:
-        return {}
-    g = torch.Generator().manual_seed(seed)
-    k = model.n_classes
-    ys = [torch.randint(k, (n,), generator=g) for _ in range(3)]
-    s = sample(model, n, *ys, seed=seed, batch_size=500)
-    img = ((s.composite.permute(0, 2, 3, 1) + 1) / 2).numpy()   # [N, H, W, 3] in [0, 1]
-    m = s.mask[:, 0].numpy()
-    out = {}
-    for name, table, sel, labels in (("fg", fg_table, m > 0.9, ys[1]), ("bg", bg_table, m < 0.1, ys[2])):
-        if table is None:
-            continue
-        hits = 0
-        for i in range(n):
-            px = img[i][sel[i]]
-            if len(px) >= 5:
-                med = np.median(px, axis=0)
-                hits += int(np.argmin(((table - med) ** 2).sum(1)) == int(labels[i]))
-        out[f"{name}_colour_accuracy"] = hits / n
-    return out
-
-
-def evaluate_generator(model: MnistCGN, dataset: str, n: int = 1000, seed: int = 0,
-                       shape_judge: bool = True) -> dict:
-    """The quality numbers of a trained MNIST CGN (all from plain or counterfactual samples):
-    mask statistics, the judge's shape accuracy, and the colour fidelity where the dataset paints
-    by colour. ``evaluate_generator(load_generator(path)[0], "double-colored-mnist")``."""
-    stats = mask_statistics(model, n, seed, ShapeJudge.load() if shape_judge else None)
-    stats.update(colour_fidelity(model, dataset, n, seed + 1))
-    return stats
-
-
-# --- figures -----------------------------------------------------------------------------------
-
-def _mask_u8(mask: torch.Tensor) -> np.ndarray:
-    return to_uint8(mask.expand(-1, 3, -1, -1) * 2 - 1)
-
-
-def save_sample_grid(model: MnistCGN, inputs: dict[str, torch.Tensor], path: Path, title: str) -> None:
-    """Composite, mask, foreground and background of fixed inputs, one panel each (classes as columns)."""
-    with eval_mode(model):
-        out = model(**inputs)
-    ncol = model.n_classes
-    panels = [titled(make_grid(to_uint8(out.composite.cpu()), ncol), f"{title}: composite", 2),
-              titled(make_grid(_mask_u8(out.mask.cpu()), ncol), "mask", 2),
-              titled(make_grid(to_uint8(out.foreground.cpu()), ncol), "foreground", 2),
-              titled(make_grid(to_uint8(out.background.cpu()), ncol), "background", 2)]
-    save_png(path, stack_vertical(panels))
-
-
-def save_timeline_figure(steps: np.ndarray, masks: np.ndarray, path: Path, title: str) -> None:
-    """Masks of the fixed noise/labels through training: one row per frame (<= TIMELINE_ROWS,
-    evenly spaced), columns = classes x noise vectors; each row labelled with step and mean mask."""
-    if len(steps) == 0:
-        return
-    rows = np.unique(np.linspace(0, len(steps) - 1, min(TIMELINE_ROWS, len(steps))).round().astype(int))
-    scale, label_w, pad = 2, 150, 2
-    h, w = masks.shape[-2:]
-    ncol = masks.shape[1]
-    canvas = Image.new("RGB", (label_w + ncol * (w * scale + pad), 18 + len(rows) * (h * scale + pad)), "white")
-    draw = ImageDraw.Draw(canvas)
-    draw.text((4, 3), title, fill="black")
-    for r, i in enumerate(rows):
-        y = 18 + r * (h * scale + pad)
-        draw.text((4, y + h * scale // 2 - 6), f"step {int(steps[i])}  mean {masks[i].mean():.3f}", fill="black")
-        for c in range(ncol):
-            tile = Image.fromarray((masks[i, c] * 255).round().astype(np.uint8)).resize((w * scale, h * scale), Image.NEAREST)
-            canvas.paste(tile, (label_w + c * (w * scale + pad), y))
-    save_png(path, canvas)
 
 
 # --- the trainer -------------------------------------------------------------------------------
