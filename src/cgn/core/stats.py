@@ -19,13 +19,33 @@ count one per step), so a resumed run writes the same rows as an uninterrupted o
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Mapping
 
 import torch
 
 from cgn.core.distributed import DistInfo
+from cgn.errors import CGNError
+
+
+def check_finite(record: Mapping[str, Any], step: int, last_checkpoint: Path | None = None,
+                 what: str = "training") -> None:
+    """Stop a diverged run with one line (NaN / inf in a step's statistics) before anything of
+    that step is logged or saved; the last good checkpoint stays as it is."""
+    bad = []
+    for name, value in record.items():
+        v = value[0] if isinstance(value, tuple) else value
+        if isinstance(v, torch.Tensor):
+            v = v.detach().float().sum().item()
+        if isinstance(v, float) and not math.isfinite(v):
+            bad.append(f"{name}={v}")
+    if bad:
+        kept = f"; the last checkpoint ({last_checkpoint}) is kept" if last_checkpoint else ""
+        raise CGNError(f"{what} diverged at step {step} ({', '.join(bad[:4])}): lower the learning "
+                       f"rate or check the data and settings{kept}")
 
 
 @dataclass(frozen=True)

@@ -44,11 +44,12 @@ from cgn.core.device import resolve_device
 from cgn.core.losses import (STYLE_SCALE, StyleLoss, lsgan_discriminator_loss, lsgan_generator_loss,
                              mask_binary_entropy, mask_border_loss, ssim_loss)
 from cgn.core.perceptual import FeatureSource, load_vgg16
+from cgn.core.interrupt import StepBoundary
 from cgn.core.progress import progress
 from cgn.core.rundir import RunDir
 from cgn.core.sampling import eval_mode
 from cgn.core.seeding import rng_state, seed_everything, set_rng_state
-from cgn.core.stats import WindowStats
+from cgn.core.stats import WindowStats, check_finite
 from cgn.io import save_npz_atomic, write_json_atomic
 from cgn.mnist.config import CGNTrainConfig, config_from_dict
 from cgn.mnist.discriminator import build_discriminator
@@ -309,15 +310,17 @@ class Trainer:
             save_sample_grid(self.G, self.grid_inputs, self.run.samples / "step_000000.png", "step 0")
         bar = progress(total=self.total_steps, initial=self.step, desc=f"train-cgn {t.dataset}")
         self.window.restart_clock()
-        try:
+        # Ctrl-C / SIGTERM end the step in flight first: the checkpoint then holds exactly the
+        # state an uninterrupted run has after that step, so --resume continues bit-identically.
+        with StepBoundary() as stop, bar:
             while self.step < self.total_steps:
                 t0 = time.perf_counter()
                 rec = self.train_step()
+                check_finite(rec, self.step + 1, self.run.latest_checkpoint())
                 self.step += 1
                 self.elapsed += time.perf_counter() - t0
                 self.window.add(rec)
                 bar.update(1)
-                self._after_step()
                 if self.window.ready(self.step, last=self.step == self.total_steps):
                     w = self.window.flush()
                     row = {"step": self.step, "epoch": round(self.step / self.steps_per_epoch, 4),
@@ -330,18 +333,13 @@ class Trainer:
                     save_sample_grid(self.G, self.grid_inputs, self.run.samples / f"step_{self.step:06d}.png",
                                      f"step {self.step}")
                     self._write_timeline()
-                if self.step % t.checkpoint_every == 0:
+                if self.step % t.checkpoint_every == 0 or stop.requested:
                     self._save()
-        except KeyboardInterrupt:
-            self._save()
-            self.run.log(f"interrupted at step {self.step}; checkpoint saved, rerun with --resume")
-            raise
-        finally:
-            bar.close()
+                if stop.requested:
+                    self.run.log(f"stopped by {stop.requested} after step {self.step}; checkpoint "
+                                 "saved, rerun with --resume")
+                    stop.raise_()
         return self.finish()
-
-    def _after_step(self) -> None:
-        """Hook called after every step (tests use it to simulate an interruption)."""
 
     def finish(self) -> dict:
         t = self.cfg.train

@@ -1,0 +1,42 @@
+"""Real stops of real processes: start a ``cgn`` command, wait until it is working, send a signal
+at a random moment, and report how it ended. Used by the fault tests of every long command."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+
+
+def cgn_process(args: list[str]) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", ""),
+           "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "cgn", *args], env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def stop_at_random(args: list[str], ready: Callable[[], bool], sig: int, seed: int,
+                   max_delay: float = 1.0, timeout: float = 600) -> tuple[int, str, float]:
+    """Run ``cgn *args``; once ``ready()`` holds, wait a random delay (seeded) and send ``sig``.
+    Returns (exit status, stderr, the delay used) -- the delay goes into assertion messages so a
+    failure can be replayed."""
+    delay = random.Random(seed).uniform(0, max_delay)
+    proc = cgn_process(args)
+    start = time.monotonic()
+    while not ready() and proc.poll() is None and time.monotonic() - start < timeout:
+        time.sleep(0.01)
+    time.sleep(delay)
+    if proc.poll() is None:
+        proc.send_signal(sig)
+    _, err = proc.communicate(timeout=timeout)
+    return proc.returncode, err, delay
+
+
+SIGNALS = {"ctrl-c": signal.SIGINT, "sigterm": signal.SIGTERM, "hard-kill": signal.SIGKILL}
