@@ -75,10 +75,11 @@ from torch import nn
 from cgn.core.batches import BatchStream, ZipStream, to_device
 from cgn.core.checkpoint import load_checkpoint, load_state_dict_strict, save_checkpoint
 from cgn.core.distributed import DistInfo
+from cgn.core.interrupt import StepBoundary
 from cgn.core.progress import progress
 from cgn.core.rundir import RunDir
 from cgn.core.seeding import rng_state, set_rng_state
-from cgn.core.stats import WindowStats
+from cgn.core.stats import WindowStats, check_finite
 from cgn.errors import CGNError
 
 
@@ -136,6 +137,7 @@ class Trainer:
             raise CGNError(error)
         self.epoch, self.step_in_epoch, self.global_step = 0, 0, 0
         self.last_metrics: dict = {}
+        self.last_loss: torch.Tensor | None = None  # the latest step's loss (divergence check)
         # the training statistics not yet logged: name -> [sum, count]; checkpointed so that a
         # resumed run writes the same log lines as an uninterrupted one
         self.window = WindowStats(self.log_every)
@@ -182,7 +184,11 @@ class Trainer:
                          f"the epoch, global step {self.global_step}")
 
     def save(self) -> None:
-        """Write ``checkpoints/last.pt`` (rank 0; all ranks contribute their RNG state)."""
+        """Write ``checkpoints/last.pt`` (rank 0; all ranks contribute their RNG state); a
+        diverged model (non-finite loss) is never saved."""
+        if self.last_loss is not None:
+            check_finite({"loss": self.last_loss}, self.global_step,
+                         self.checkpoint_path if self.checkpoint_path.exists() else None)
         rngs = self.dist.all_gather_object(rng_state())
         windows = self.dist.all_gather_object(self.window.state_dict())
         if self.run is None:
@@ -225,6 +231,8 @@ class Trainer:
         if self.window.empty:
             return
         means = self.window.flush(self.dist).means
+        check_finite(means, self.global_step,
+                     self.checkpoint_path if self.checkpoint_path.exists() else None)
         rec: dict[str, Any] = {"step": self.global_step,
                                "epoch": round(self.epoch + self.step_in_epoch /
                                               max(1, self.data.steps_per_epoch), 4),
@@ -254,6 +262,18 @@ class Trainer:
         if self.run is not None:
             self.run.log(f"training {self.kind}: {self.epochs} epochs x {steps} steps, world size "
                          f"{self.dist.world_size}, device {self.dist.device}")
+        # Ctrl-C / SIGTERM end the step in flight, then checkpoint that exact state.
+        with StepBoundary() as stop:
+            return self._fit(steps, stop)
+
+    def _stop_requested(self, stop: StepBoundary) -> bool:
+        """Whether any rank was asked to stop (all ranks then stop after the same step)."""
+        if not self.dist.enabled:
+            return stop.requested is not None
+        flag = torch.tensor([1.0 if stop.requested else 0.0], device=self.dist.device)
+        return bool(self.dist.all_reduce_sum(flag).item() > 0)
+
+    def _fit(self, steps: int, stop: StepBoundary) -> dict:
         while self.epoch < self.epochs:
             if self.max_steps is not None and self.global_step >= self.max_steps:
                 break
@@ -271,6 +291,7 @@ class Trainer:
                 self.optimizer.step()
                 self.step_in_epoch += 1
                 self.global_step += 1
+                self.last_loss = out.loss.detach()
                 self.window.add({"loss": (out.loss, 1), **out.stats})
                 if bar is not None:
                     bar.update(1)
@@ -278,10 +299,15 @@ class Trainer:
                         bar.set_postfix(loss=f"{out.loss.item():.4f}")
                 if self.window.ready(self.global_step, last=self.step_in_epoch == steps):
                     self._flush_window()
-                stop = self.max_steps is not None and self.global_step >= self.max_steps
-                if stop or (self.checkpoint_every and self.global_step % self.checkpoint_every == 0):
+                done = self.max_steps is not None and self.global_step >= self.max_steps
+                halt = self._stop_requested(stop)
+                if done or halt or (self.checkpoint_every and self.global_step % self.checkpoint_every == 0):
                     self.save()
-                if stop:
+                if halt:
+                    if bar is not None:
+                        bar.close()
+                    self._stopped(stop)
+                if done:
                     break
             if bar is not None:
                 bar.close()
@@ -302,10 +328,18 @@ class Trainer:
                              + (f"; {_short(self.last_metrics)}" if self.last_metrics else ""),
                              echo=True)
             self.save()
+            if self._stop_requested(stop):
+                self._stopped(stop)
         if self.tb is not None:
             self.tb.close()
         self.dist.barrier()
         return {"step": self.global_step, "epoch": self.epoch, "metrics": self.last_metrics}
+
+    def _stopped(self, stop: StepBoundary) -> None:
+        if self.run is not None:
+            self.run.log(f"stopped by {stop.requested or 'a signal on another rank'} after step "
+                         f"{self.global_step}; checkpoint saved, rerun with --resume")
+        stop.raise_()
 
 
 def _short(metrics: dict, n: int = 6) -> str:

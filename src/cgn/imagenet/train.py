@@ -30,10 +30,11 @@ from torchvision.utils import make_grid
 from cgn.config import ResumeDiff, from_dict, resume_diff, to_dict
 from cgn.core.checkpoint import load_checkpoint, save_checkpoint, torch_load
 from cgn.core.distributed import init_distributed, shutdown_distributed
+from cgn.core.interrupt import StepBoundary
 from cgn.core.progress import progress
 from cgn.core.rundir import RunDir
 from cgn.core.seeding import rng_state, set_rng_state
-from cgn.core.stats import WindowStats
+from cgn.core.stats import WindowStats, check_finite
 from cgn.errors import CGNError
 from cgn.imagenet.config import ImageNetCGNConfig
 from cgn.imagenet.losses import LOSS_NAMES, ImageNetCGNLosses
@@ -237,23 +238,37 @@ class Trainer:
         return path
 
     def run_training(self) -> list[dict]:
+        # Ctrl-C / SIGTERM end the episode in flight (on every rank), then checkpoint it.
+        with StepBoundary() as stop:
+            return self._run_episodes(stop)
+
+    def _run_episodes(self, stop: StepBoundary) -> list[dict]:
         t = self.cfg.train
         records = []
         bar = progress(range(self.episode, t.episodes), total=t.episodes - self.episode,
                        desc="CGN episodes") if self.ctx.is_main else range(self.episode, t.episodes)
         for _ in bar:
             rec = self.train_episode()
+            check_finite(rec, self.episode, self.run.latest_checkpoint() if self.ctx.is_main else None)
             records.append(rec)
             last = self.episode == t.episodes
+            halt = stop.requested is not None
+            if self.ctx.enabled:  # every rank stops after the same episode
+                halt = bool(self.ctx.all_reduce_sum(torch.tensor([float(halt)], device=self.device)).item())
             if self.ctx.is_main:
                 self.run.metric(rec)
                 self._log(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                                    for k, v in rec.items()))
                 if self.episode % t.sample_every == 0 or last:
                     self.save_sheet()
-                if self.episode % t.save_every == 0 or last:
+                if self.episode % t.save_every == 0 or last or halt:
                     self.save()
             self.ctx.barrier()
+            if halt:
+                if self.ctx.is_main:
+                    self.run.log(f"stopped by {stop.requested or 'a signal on another rank'} after "
+                                 f"episode {self.episode}; checkpoint saved, rerun with --resume")
+                stop.raise_()
         return records
 
 
