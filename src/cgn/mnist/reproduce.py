@@ -146,9 +146,9 @@ class Reproduction:
             self.run.log(f"[{dataset}] using the CGN of {run_dir} (mask mean {res.get('mask_mean', float('nan')):.3f})")
             return ckpt, False, run_dir
         from cgn.config import override
-        from cgn.mnist.config import preset_config
         from cgn.mnist.train import train
-        cfg = preset_config(dataset, recipe=True)
+        from cgn.presets import preset
+        cfg = preset(dataset, "train-cgn", recipe=True)
         changes = {"train.data_seed": self.cfg.data_seed, "train.seed": self.cfg.seed,
                    "train.threads": self.cfg.threads}
         if self.cfg.cgn_steps is not None:
