@@ -115,7 +115,7 @@ class OptimConfig:
 
 @dataclass
 class TrainConfig:
-    episodes: int = field(default=300, metadata={"help": "optimizer updates"})
+    episodes: int = field(default=300, metadata={"help": "training length in episodes (optimizer updates)"})
     batch_size: int = field(default=1, metadata={"help": "samples per micro-step (per process)"})
     batch_acc: int = field(default=4000, metadata={"help": "micro-steps accumulated per update"})
     truncation: float = field(default=1.0, metadata={"help": "noise truncation in training"})

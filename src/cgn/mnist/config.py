@@ -58,7 +58,8 @@ class LossConfig:
         "help": "calibration of the VGG activations: features times this, so the style loss times "
                 "its square (see docs/mnist_cgn.md, 'Feature extractor')"})
     bf16: bool = field(default=False, metadata={"help": "run the VGG forward under bfloat16 autocast"})
-    ssim_weight: float = field(default=0.0, metadata={"help": "weight of 1-SSIM(x_gen, x_real) (study)"})
+    ssim_weight: float = field(default=0.0, metadata={
+        "help": "weight of the loss 1 - SSIM(generated, real) (the reproduction study's ablation; 0: off)"})
     border_weight: float = field(default=0.0, metadata={"help": "weight of the mask border loss"})
     border_width: int = field(default=3, metadata={"help": "frame width (px) of the border loss"})
 
@@ -87,7 +88,7 @@ class TrainConfig:
         default="double-colored-mnist", metadata={"help": "training data (cgn.mnist.variants)"})
     data_seed: int = field(default=0, metadata={"help": "seed the dataset was built with"})
     textures: str | None = field(default=None, metadata={
-        "help": "wildlife texture folder (object/, background/); None: the variants' default set"})
+        "help": "wildlife texture folder (object/, background/); none: the built-in procedural set"})
     epochs: int = field(default=15, metadata={"help": "passes over the training set"})
     max_steps: int | None = field(default=None, metadata={
         "help": "stop after this many generator steps (overrides epochs when set)"})

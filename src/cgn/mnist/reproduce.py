@@ -51,26 +51,45 @@ REFERENCE_FILES = {"colored-mnist": "colored_mnist.pth", "double-colored-mnist":
 
 @dataclass
 class ReproduceConfig:
-    datasets: list[str] = field(default_factory=lambda: list(variants.VARIANTS))
-    cgn: Literal["reference", "trained"] = "trained"
-    reference_dir: str | None = None     # folder with the authors' *_mnist.pth (cgn=reference)
-    n_counterfactuals: int = 100_000
-    cf_ratio: int = 10
-    train_sets: list[str] = field(default_factory=lambda: list(TRAIN_SETS))
-    epochs: int = 10                     # classifier epochs
-    seed: int = 0
-    data_seed: int = 0
-    textures: str | None = None          # wildlife texture folder (None: procedural set)
-    cgn_steps: int | None = None         # trained CGNs: override the recipe's number of steps
-    precision: Literal["bf16", "fp32"] = "bf16"
-    ablation_sizes: list[int] = field(default_factory=list)  # e.g. [10000, 100000, 1000000]
-    ssim_weight: float | None = None     # also train CGNs with this SSIM weight (Table 4)
-    cgn_runs: dict[str, str] = field(default_factory=dict)  # dataset -> finished `cgn train-cgn` run dir
-    threads: int = 0                     # torch CPU threads per process (0: torch's default; with
-                                         # jobs > 1: CPU count // workers)
-    jobs: int = 1                        # datasets run concurrently in up to this many worker
-                                         # processes (same results as 1 at the same thread count)
-    limit_real: int | None = None        # only the first N real training images (tests, probes)
+    datasets: list[Literal["colored-mnist", "double-colored-mnist", "wildlife-mnist"]] = field(
+        default_factory=lambda: list(variants.VARIANTS), metadata={"help": "datasets to reproduce"})
+    cgn: Literal["reference", "trained"] = field(default="trained", metadata={
+        "help": "trained: train a CGN per dataset with the preset recipe; reference: the "
+                "authors' CGNs from reference_dir"})
+    reference_dir: str | None = field(default=None, metadata={
+        "help": "folder with the authors' *_mnist.pth files (cgn=reference)"})
+    n_counterfactuals: int = field(default=100_000, metadata={
+        "help": "counterfactual images per dataset (1e6 for the full setting)"})
+    cf_ratio: int = field(default=10, metadata={"help": "counterfactuals per sampled mask"})
+    train_sets: list[Literal["real", "real+gan", "real+cf", "cf"]] = field(
+        default_factory=lambda: list(TRAIN_SETS), metadata={"help": "classifier training sets"})
+    epochs: int = field(default=10, metadata={"help": "classifier epochs"})
+    seed: int = field(default=0, metadata={
+        "help": "seed of the CGNs, the counterfactual sets and the classifiers"})
+    data_seed: int = field(default=0, metadata={"help": "seed the variants' splits are built with"})
+    textures: str | None = field(default=None, metadata={
+        "help": "wildlife texture folder (object/, background/); none: the built-in procedural set"})
+    cgn_steps: int | None = field(default=None, metadata={
+        "help": "trained CGNs: train this many steps instead of the recipe's"})
+    precision: Literal["bf16", "fp32"] = field(default="bf16", metadata={
+        "help": "precision of the counterfactual generation: bf16 autocast or fp32"})
+    ablation_sizes: list[int] = field(default_factory=list, metadata={
+        "help": "also train on this many counterfactuals each (e.g. 1e4,1e5,1e6) and plot the OOD "
+                "accuracy against the size"})
+    ssim_weight: float | None = field(default=None, metadata={
+        "help": "SSIM ablation (Table 4 of the reproduction study): also train CGNs with this "
+                "SSIM loss weight"})
+    cgn_runs: dict[str, str] = field(default_factory=dict, metadata={
+        "help": "dataset -> a finished cgn train-cgn run directory to use instead of training"})
+    threads: int = field(default=0, metadata={
+        "help": "torch CPU threads per process (0: torch's default; with jobs > 1: the CPU count "
+                "divided by the number of worker processes)"})
+    jobs: int = field(default=1, metadata={
+        "help": "run the datasets concurrently in up to N worker processes. The small MNIST models "
+                "use many cores better this way than with more threads; results equal 1 job at "
+                "the same thread count. jobs and threads may change when resuming"})
+    limit_real: int | None = field(default=None, metadata={
+        "help": "use only the first N real training images (smoke tests, probes)"})
 
     def __post_init__(self):
         for d in self.datasets:
