@@ -164,6 +164,7 @@ def add_fields(parser, cls: type, paths: Iterable[str], *,
     group). ``defaults``: the config (or ``{preset name: config}``) whose values ``--help``
     shows; ``notes``: a default text per path instead; ``template`` wraps the shown default;
     ``required``: paths that :func:`resolve` requires (unless ``--config FILE`` gives them)."""
+    required = set(required)
     if defaults is None:
         defaults = cls()
     if not isinstance(defaults, Mapping):

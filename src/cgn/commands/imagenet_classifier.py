@@ -98,7 +98,7 @@ def _given(args: argparse.Namespace) -> dict:
 def _overrides(args: argparse.Namespace) -> dict:
     ov = _given(args)
     if getattr(args, "baseline", False):
-        if "data.cf_dir" in ov:
+        if ov.get("data.cf_dir"):
             raise CGNError("--baseline trains without counterfactual data; drop --cf-dir")
         ov["data.cf_dir"] = ""
     ov.update(cliargs.set_values(args))
