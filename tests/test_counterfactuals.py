@@ -13,7 +13,7 @@ from cgn.cli import main
 from cgn.core.checkpoint import save_checkpoint
 from cgn.errors import CGNError
 from cgn.mnist import counterfactuals as C
-from cgn.mnist.config import preset_config
+from cgn.presets import preset
 from cgn.config import to_dict
 from cgn.mnist.model import MnistCGN
 
@@ -22,7 +22,7 @@ from cgn.mnist.model import MnistCGN
 def tiny_cgn(tmp_path_factory):
     """A randomly initialised MNIST CGN saved as a cgn checkpoint."""
     torch.manual_seed(0)
-    cfg = preset_config("double-colored-mnist")
+    cfg = preset("double-colored-mnist")
     model = MnistCGN(cfg.model).eval()
     path = tmp_path_factory.mktemp("cgn") / "cgn.pt"
     save_checkpoint(path, kind="mnist-cgn", step=0, config=to_dict(cfg), model=model.state_dict())

@@ -13,7 +13,7 @@ import torch
 
 from cgn.config import to_dict
 from cgn.core.checkpoint import save_checkpoint
-from cgn.imagenet.classifier_config import preset_config
+from cgn.presets import preset
 from cgn.imagenet.ensemble import InvariantEnsemble
 from cgn.imagenet.explain import explain_top_classes
 
@@ -54,7 +54,7 @@ def test_cgn_explain_writes_heatmap_png(tmp_path, capsys, monkeypatch):
     img = SHARED / "imagenet_sample_subset" / "n01443537" / "n01443537_goldfish.JPEG"
     if not img.exists():
         pytest.skip(f"../shared/data not present: {img}")
-    cfg = preset_config("smoke")
+    cfg = preset("smoke")
     torch.manual_seed(0)
     model = InvariantEnsemble("tiny", weights=None)
     ckpt = tmp_path / "run" / "checkpoints" / "last.pt"

@@ -17,7 +17,8 @@ from cgn.core.checkpoint import load_checkpoint
 from cgn.core.losses import StyleLoss
 from cgn.errors import CGNError
 from cgn.imagenet.biggan import BigGAN, BigGANConfig
-from cgn.imagenet.config import FIXED_CLASSES, ModelConfig, preset
+from cgn.imagenet.config import FIXED_CLASSES, ModelConfig
+from cgn.presets import preset
 from cgn.imagenet.generate import (DatasetSpec, generate_dataset, interpolate, interpolation_frames,
                                    load_generator, regenerate, render, save_gif, to_unit)
 from cgn.imagenet.losses import ImageNetCGNLosses, patch_grid

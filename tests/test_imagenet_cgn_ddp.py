@@ -34,7 +34,7 @@ def test_torchrun_two_processes_gloo(tmp_path):
     # (spectral-norm power iterations do not depend on the data: every rank's vectors follow the
     # same trajectory, which the emulation keeps by replaying each micro-step from one snapshot)
     from cgn.config import override
-    from cgn.imagenet.config import preset
+    from cgn.presets import preset
     from cgn.imagenet.train import Trainer
     cfg = override(preset("tiny"), {"model.tiny_resolution": 8, "loss.text_work_size": 8,
                                     "loss.text_top": 10, "train.episodes": 1, "train.batch_acc": 2})

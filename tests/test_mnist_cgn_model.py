@@ -11,7 +11,8 @@ from cgn.core.checkpoint import save_checkpoint
 from cgn.core.composer import compose
 from cgn.core.sampling import mechanism_seeds, sample, sample_plain, to_uint8
 from cgn.errors import CGNError
-from cgn.mnist.config import ModelConfig, PRESETS, preset_config
+from cgn.mnist.config import ModelConfig, PRESETS
+from cgn.presets import preset
 from cgn.mnist.discriminator import ConvDiscriminator, LinearDiscriminator
 from cgn.mnist.model import MnistCGN, count_parameters, load_generator
 from cgn.mnist.reference import from_reference, load_reference, to_reference
@@ -104,7 +105,7 @@ def test_discriminators():
 
 def test_presets_hold_the_original_hyper_parameters():
     assert set(PRESETS) == {"colored-mnist", "double-colored-mnist", "wildlife-mnist"}
-    c, d, w = (preset_config(n) for n in ("colored-mnist", "double-colored-mnist", "wildlife-mnist"))
+    c, d, w = (preset(n) for n in ("colored-mnist", "double-colored-mnist", "wildlife-mnist"))
     assert (c.loss.mask_weight, c.loss.style_weights, c.model.disc, c.model.init_type, c.model.init_gain, c.model.ndf) == \
         (0.1, [0.05, 0.1, 0.01, 0.0], "linear", "orthogonal", 0.1, 512)
     assert (d.loss.mask_weight, d.loss.style_weights, d.model.disc, d.model.init_gain) == (0.3, [0.0, 0.05, 0.0, 0.05], "linear", 0.2)

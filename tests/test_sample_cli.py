@@ -15,7 +15,7 @@ from PIL import Image, ImageColor
 from cgn.cli import main
 from cgn.config import to_dict
 from cgn.core.checkpoint import save_checkpoint
-from cgn.mnist.config import preset_config
+from cgn.presets import preset
 from cgn.mnist.model import MnistCGN
 
 from conftest import require_mnist
@@ -31,7 +31,7 @@ FG = BG[(np.arange(10) - 6) % 10]
 @pytest.fixture(scope="module")
 def our_checkpoint(tmp_path_factory):
     torch.manual_seed(0)
-    cfg = preset_config("double-colored-mnist")
+    cfg = preset("double-colored-mnist")
     path = tmp_path_factory.mktemp("ck") / "untrained.pt"
     save_checkpoint(path, kind="mnist-cgn", step=0, config=to_dict(cfg), model=MnistCGN(cfg.model).state_dict())
     return path

@@ -5,58 +5,44 @@ from __future__ import annotations
 import argparse
 import json
 
+from cgn import cliargs
+
+
+FIELDS = ["dataset", "train_set", "generated", "epochs", "batch_size", "lr", "seed", "data_seed",
+          "textures", "official_test", "precision", "threads", "limit_real", "device"]
+
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from cgn.mnist.classify import TRAIN_SETS, ClassifierConfig
-    from cgn.mnist.variants import VARIANTS
-    d = ClassifierConfig()
+    from cgn.mnist.classify import ClassifierConfig
     p = sub.add_parser(
         "train-classifier", help="train the MNIST CNN on real / GAN / counterfactual data; report OOD accuracy",
         description="Train the paper's MNIST classifier (Adadelta 1.0, StepLR 0.7, batch 64, "
                     "10 epochs) on one of four training sets and report train and OOD test "
                     "accuracy. Writes a run directory with config, metrics, checkpoint, result.json.")
-    p.add_argument("--dataset", required=True, choices=VARIANTS)
-    p.add_argument("--train-set", default=d.train_set, choices=TRAIN_SETS)
-    p.add_argument("--generated", default=None, metavar="DIR", help="output of `cgn generate`")
-    p.add_argument("--epochs", type=int, default=d.epochs)
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--lr", type=float, default=d.lr)
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--data-seed", type=int, default=d.data_seed, help="seed of the fixed OOD test set")
-    p.add_argument("--textures", default=None, metavar="DIR", help="wildlife texture folder")
-    p.add_argument("--official-test", action="store_true")
-    p.add_argument("--precision", choices=["bf16", "fp32"], default=d.precision,
-                   help="bf16 autocast (default) or fp32 training")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
-    p.add_argument("--limit-real", type=int, default=None, metavar="N",
-                   help="use only the first N real training images (smoke tests)")
-    p.add_argument("--max-steps", type=int, default=None,
+    cliargs.add_fields(p, ClassifierConfig, FIELDS, required=["dataset"])
+    p.add_argument("--max-steps", type=int, default=None, metavar="N",
                    help="stop (with a checkpoint) after this many steps; --resume continues")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--out", required=True, metavar="RUN_DIR")
-    p.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR")
+    p.add_argument("--out", required=True, metavar="RUN_DIR",
+                   help="run directory (config, metrics, checkpoints, result.json)")
+    p.add_argument("--resume", action="store_true", help=cliargs.RESUME_HELP)
+    cliargs.add_config_options(p, "gamma=0.5")
     p.set_defaults(func=_train)
 
     c = sub.add_parser("classify", help="accuracy of a classifier checkpoint on an .npz of images",
-                       description="Print the accuracy of a `cgn train-classifier` checkpoint on an "
-                                   ".npz with `images` and `labels` (the `cgn data build` contract).")
-    c.add_argument("--checkpoint", required=True)
-    c.add_argument("--images", required=True, metavar="FILE.npz")
+                       description="Print the accuracy of a cgn train-classifier checkpoint on an "
+                                   ".npz with images and labels (the cgn data build contract).")
+    c.add_argument("--checkpoint", required=True, help="a cgn train-classifier checkpoint")
+    c.add_argument("--images", required=True, metavar="FILE.npz",
+                   help="uint8 images [N, 32, 32, 3] (and labels), as cgn data build writes them")
     c.add_argument("--predictions", default=None, metavar="OUT.npz",
                    help="also write the predictions (with the input's labels, fg_class, bg_class)")
-    c.add_argument("--device", default="auto")
+    c.add_argument("--device", default="auto", help=cliargs.DEVICE_HELP)
     c.set_defaults(func=_classify)
 
 
 def _train(args) -> int:
-    from cgn.config import from_dict
     from cgn.mnist.classify import ClassifierConfig, train_classifier
-    cfg = from_dict(ClassifierConfig, {
-        "dataset": args.dataset, "train_set": args.train_set, "generated": args.generated,
-        "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
-        "data_seed": args.data_seed, "textures": args.textures, "official_test": args.official_test,
-        "precision": args.precision, "threads": args.threads, "limit_real": args.limit_real,
-        "device": args.device})
+    cfg = cliargs.resolve(args, ClassifierConfig, required=["dataset"])
     result = train_classifier(cfg, args.out, resume=args.resume, max_steps=args.max_steps)
     if "interrupted_at_step" in result:
         print(json.dumps(result))

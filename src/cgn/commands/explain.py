@@ -8,13 +8,14 @@ import json
 import sys
 from pathlib import Path
 
+from cgn import cliargs
 from cgn.errors import CGNError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("explain", help="LIME heatmaps (top-5 classes) of a plain ImageNet "
                                        "classifier and the ensemble for one image",
-                       description=__doc__)
+                       description=cliargs.plain(__doc__))
     p.add_argument("--checkpoint", required=True, help="ensemble checkpoint (train-classifier)")
     p.add_argument("--image", required=True, help="the image to explain")
     p.add_argument("--out", required=True, help="output PNG (a .json with the classes and "
@@ -32,12 +33,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--prediction", default="avg",
                    choices=["avg", "shape", "texture", "background", "shape_texture"],
                    help="which ensemble prediction to explain (default: the averaged logits)")
-    p.add_argument("--num-samples", type=int, default=1000, help="LIME perturbations per model")
-    p.add_argument("--top-k", type=int, default=5)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--num-samples", type=int, default=1000,
+                   help="LIME perturbations per model (default 1000)")
+    p.add_argument("--top-k", type=int, default=5, help="classes explained per model (default 5)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the LIME perturbations (default 0)")
     p.add_argument("--image-size", type=int, help="crop size (default: the checkpoint's)")
     p.add_argument("--resize-size", type=int, help="resize before the crop (default: the checkpoint's)")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", help=cliargs.DEVICE_HELP)
     p.set_defaults(func=_run)
 
 

@@ -5,44 +5,27 @@ from __future__ import annotations
 import argparse
 import time
 
-from cgn.config import from_dict
+from cgn import cliargs
 
-
-def _count(text: str) -> int:
-    """Accept 100000, 1e5, 100_000."""
-    try:
-        v = float(text.replace("_", ""))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if v != int(v) or v < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
-    return int(v)
+FIELDS = ["n", "cf_ratio", "seed", "counterfactual", "shard_size", "batch_size", "precision"]
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     from cgn.mnist.counterfactuals import GenerateConfig
-    d = GenerateConfig()
     p = sub.add_parser(
         "generate", help="sample a counterfactual dataset (resumable shards) from an MNIST CGN",
         description="Sample N images from a CGN: masks per shape label, CF_RATIO counterfactuals "
-                    "each with random texture and background labels (SPEC §5). Each image stores "
+                    "each with random texture and background labels. Each image stores "
                     "its labels and seeds and can be regenerated exactly. Rerun the same command "
                     "to resume an interrupted run.")
     p.add_argument("--checkpoint", required=True, help="a cgn MNIST CGN checkpoint (or the authors' "
                    "file with --reference-format)")
     p.add_argument("--reference-format", action="store_true",
                    help="the checkpoint is one of the authors' plain state dicts")
-    p.add_argument("--n", type=_count, default=d.n, help=f"number of images (default {d.n:,}; 1e6 works)")
-    p.add_argument("--cf-ratio", type=int, default=d.cf_ratio, help=f"counterfactuals per mask (default {d.cf_ratio})")
-    p.add_argument("--seed", type=int, default=d.seed, help="run seed (default 0)")
-    p.add_argument("--no-counterfactual", action="store_true",
-                   help="plain CGN samples (one label and noise for all mechanisms): the GAN baseline")
-    p.add_argument("--shard-size", type=_count, default=d.shard_size)
-    p.add_argument("--batch-size", type=_count, default=d.batch_size)
-    p.add_argument("--precision", choices=["bf16", "fp32"], default=d.precision,
-                   help="bf16 autocast (default; fast on CPUs with AVX-512/AMX) or fp32")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--out", required=True, metavar="DIR")
+    cliargs.add_fields(p, GenerateConfig, FIELDS)
+    p.add_argument("--device", default="auto", help=cliargs.DEVICE_HELP)
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder (shards, manifest)")
+    cliargs.add_config_options(p, "cf_ratio=5")
     p.set_defaults(func=run)
 
 
@@ -51,10 +34,7 @@ def run(args) -> int:
     from cgn.mnist.counterfactuals import GenerateConfig, checkpoint_source, generate
     from cgn.mnist.model import load_generator
 
-    cfg = from_dict(GenerateConfig, {"n": args.n, "cf_ratio": args.cf_ratio, "seed": args.seed,
-                                     "counterfactual": not args.no_counterfactual,
-                                     "shard_size": args.shard_size, "batch_size": args.batch_size,
-                                     "precision": args.precision})
+    cfg = cliargs.resolve(args, GenerateConfig)
     device = resolve_device(args.device)
     model, info = load_generator(args.checkpoint, reference_format=args.reference_format, device=device)
     t0 = time.perf_counter()

@@ -14,7 +14,9 @@ SUBMODULES = ["cgn.commands.imagenet_cgn", "cgn.commands.imagenet_classifier"]
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("imagenet", help="ImageNet CGN (train, generate, metrics) and the invariant "
-                                        "classifier ensemble")
+                                        "classifier ensemble",
+                       description="The ImageNet CGN (train, generate, metrics) and the invariant "
+                                   "classifier ensemble (train-classifier, evaluate-classifier).")
     isub = p.add_subparsers(dest="imagenet_command", metavar="ACTION")
     isub.required = True
     for name in SUBMODULES:

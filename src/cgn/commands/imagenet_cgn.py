@@ -11,68 +11,92 @@ import json
 import sys
 from pathlib import Path
 
+from cgn import cliargs
 from cgn.errors import CGNError
+
+# weight option -> config field; the path given (or the downloaded default) is checked first
+WEIGHT_FIELDS = {"biggan": "model.biggan", "u2net": "model.u2net", "cgn": "model.cgn",
+                 "vgg16": "loss.vgg16"}
+TRAIN_FIELDS = ["loss.feature_extractor", "loss.allow_download", "train.episodes",
+                "train.batch_acc", "train.batch_size", "train.seed"]
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    t = sub.add_parser("train", help="train the ImageNet CGN (BigGAN-deep mechanisms + U2-Net)")
-    t.add_argument("--preset", default="imagenet-256", help="imagenet-256 (the paper) or tiny (CPU check)")
+    from cgn.imagenet.config import ImageNetCGNConfig
+    from cgn.imagenet.weights import WEIGHT_ASSETS
+    from cgn.presets import presets
+    known = presets("imagenet train")
+    defaults = {n: q.build() for n, q in known.items()}
+    t = sub.add_parser("train", help="train the ImageNet CGN (BigGAN-deep mechanisms + U2-Net)",
+                       description="Train the ImageNet CGN: BigGAN-deep shape, texture and "
+                                   "background mechanisms and a U2-Net, from pretrained weights. "
+                                   "Multi-GPU: torchrun --nproc_per_node=N -m cgn imagenet train "
+                                   "... (NCCL on GPUs, gloo on CPUs).")
+    t.add_argument("--preset", default="imagenet-256", choices=list(known),
+                   help="imagenet-256 (the paper) or tiny (CPU check) (default: imagenet-256)")
     t.add_argument("--out", required=True, help="run directory")
-    t.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    t.add_argument("--biggan", help="BigGAN-deep-256 folder (config.json + pytorch_model.bin)")
-    t.add_argument("--u2net", help="u2net.pth (or u2netp.pth)")
-    t.add_argument("--cgn", help="start from the authors' cgn.pth or a CGN checkpoint")
-    t.add_argument("--vgg16", help="torchvision VGG16 weight file for the style/texture losses")
-    t.add_argument("--feature-extractor", help="auto | imagenet | hed | random (default: preset)")
-    t.add_argument("--download", action="store_true", help="allow downloading VGG16 weights")
+    t.add_argument("--resume", action="store_true", help=cliargs.RESUME_HELP)
+    notes = {path: f"the file of cgn download {WEIGHT_ASSETS[kind][0]} when present"
+             for kind, path in WEIGHT_FIELDS.items() if kind != "cgn"}
+    cliargs.add_fields(t, ImageNetCGNConfig, WEIGHT_FIELDS.values(), defaults=defaults,
+                       notes=notes)
     t.add_argument("--weights-dir", help="download root holding weights/ (default: $CGN_HOME)")
     t.add_argument("--random-init", action="store_true",
                    help="no pretrained BigGAN/U2-Net: random weights (pipeline checks only)")
-    t.add_argument("--episodes", type=int, help="optimizer updates")
-    t.add_argument("--batch-acc", type=int, help="micro-steps per update")
-    t.add_argument("--batch-size", type=int, help="samples per micro-step and process")
-    t.add_argument("--seed", type=int)
-    t.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
-                   help="override any config field (repeatable)")
-    t.add_argument("--device", default="auto")
-    t.add_argument("--quiet", action="store_true")
+    cliargs.add_fields(t, ImageNetCGNConfig, TRAIN_FIELDS, defaults=defaults)
+    cliargs.add_config_options(t, "optim.lr_shape=1e-5")
+    t.add_argument("--device", default="auto", help=cliargs.DEVICE_HELP)
+    t.add_argument("--quiet", action="store_true", help="no progress output")
     t.set_defaults(func=_train)
 
-    g = sub.add_parser("generate", help="counterfactual datasets, interpolation sheets and GIFs")
+    g = sub.add_parser("generate", help="counterfactual datasets, interpolation sheets and GIFs",
+                       description="Generate from an ImageNet CGN: counterfactual datasets "
+                                   "(random or fixed classes, regenerable from their labels.csv), "
+                                   "interpolation sheets between classes and GIFs.")
     g.add_argument("--cgn", help="CGN weights: our checkpoint (last.pt) or the authors' cgn.pth "
                                  "(default: the downloaded cgn-imagenet)")
     g.add_argument("--out", required=True, help="output folder")
-    g.add_argument("--mode", required=True, choices=["random", "fixed", "interp", "gif"])
-    g.add_argument("--split", default="train", choices=["train", "val"])
-    g.add_argument("--n", type=int, default=16, help="images to generate (random / fixed)")
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--truncation", type=float, default=0.5)
-    g.add_argument("--classes", type=int, nargs=3, metavar=("SHAPE", "TEXTURE", "BACKGROUND"))
+    g.add_argument("--mode", required=True, choices=["random", "fixed", "interp", "gif"],
+                   help="random: random classes per image; fixed: the --classes for every image; "
+                        "interp: an interpolation sheet; gif: a chain of interpolations")
+    g.add_argument("--split", default="train", choices=["train", "val"],
+                   help="dataset split folder to write (default: train)")
+    g.add_argument("--n", type=int, default=16, help="images to generate (random / fixed; default 16)")
+    g.add_argument("--seed", type=int, default=0, help="seed of classes and noise (default 0)")
+    g.add_argument("--truncation", type=float, default=0.5,
+                   help="noise truncation in (0, 1] (default 0.5)")
+    g.add_argument("--classes", type=int, nargs=3, metavar=("SHAPE", "TEXTURE", "BACKGROUND"),
+                   help="ImageNet classes of the three mechanisms")
     g.add_argument("--batch-size", type=int, default=1,
                    help="images per forward pass (1: regeneration from the CSV is bit-identical)")
     g.add_argument("--save-masks", action="store_true", help="also write masks/ (for mu_mask)")
-    g.add_argument("--interp", choices=["shape", "texture", "background", "all"], default="all")
+    g.add_argument("--interp", choices=["shape", "texture", "background", "all"], default="all",
+                   help="interp: the mechanism(s) to interpolate (default: all)")
     g.add_argument("--to", type=int, help="class to interpolate to")
-    g.add_argument("--midpoints", type=int, default=6)
+    g.add_argument("--midpoints", type=int, default=6,
+                   help="interpolation steps between the two classes (default 6)")
     g.add_argument("--gif", action="store_true", help="interp: also write the frames as a GIF")
     g.add_argument("--steps", nargs="+", metavar="MECH:CLASS",
                    help="gif: chain of interpolations, e.g. texture:293 background:147 shape:330 all:992")
-    g.add_argument("--frame-ms", type=int, default=40)
+    g.add_argument("--frame-ms", type=int, default=40, help="GIF frame duration in ms (default 40)")
     g.add_argument("--noise", help="(1, z) noise file for interp/gif (default: seeded from --seed)")
-    g.add_argument("--device", default="auto")
+    g.add_argument("--device", default="auto", help=cliargs.DEVICE_HELP)
     g.set_defaults(func=_generate)
 
-    m = sub.add_parser("metrics", help="Inception Score and mu_mask of a folder of generated images")
+    m = sub.add_parser("metrics", help="Inception Score and mu_mask of a folder of generated images",
+                       description="Inception Score and mu_mask (the mean mask) of a folder of "
+                                   "generated images, as in the paper's Table 2.")
     m.add_argument("--folder", required=True, help="generated images (e.g. DIR/train; masks/ inside)")
     m.add_argument("--metrics", nargs="+", default=["inception_score", "mu_mask"],
-                   choices=["inception_score", "mu_mask"])
+                   choices=["inception_score", "mu_mask"], help="metrics to compute (default: both)")
     m.add_argument("--classifier", default="auto",
                    help="auto | imagenet | random | path of torchvision Inception-v3 weights")
     m.add_argument("--download", action="store_true", help="allow downloading Inception-v3 weights")
-    m.add_argument("--splits", type=int, default=10)
+    m.add_argument("--splits", type=int, default=10,
+                   help="Inception Score: splits the images are scored in (default 10)")
     m.add_argument("--limit", type=int, help="use the first N images")
-    m.add_argument("--batch-size", type=int, default=50)
-    m.add_argument("--device", default="auto")
+    m.add_argument("--batch-size", type=int, default=50, help="images per forward pass (default 50)")
+    m.add_argument("--device", default="auto", help=cliargs.DEVICE_HELP)
     m.add_argument("--json", help="also write the result to this file")
     m.set_defaults(func=_metrics)
 
@@ -80,51 +104,45 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _train(args: argparse.Namespace) -> int:
     from cgn.config import override
     from cgn.core.distributed import is_main_process
-    from cgn.imagenet.config import preset
+    from cgn.imagenet.config import ImageNetCGNConfig
     from cgn.imagenet.train import train
     from cgn.imagenet.weights import resolve_weight
+    from cgn.presets import preset
 
+    values = cliargs.given(args)
     resume_only = args.resume and (Path(args.out) / "checkpoints" / "last.pt").is_file()
     if resume_only:
         # The run's own config with --episodes / --set; the trainer keeps what a resume may not
         # change (cgn.config.resume_diff: only the run's length may).
         from cgn.config import from_dict
-        from cgn.imagenet.config import ImageNetCGNConfig
         stored = json.loads((Path(args.out) / "config.json").read_text())["config"]
         cfg = from_dict(ImageNetCGNConfig, stored)
-        if args.episodes is not None:
-            cfg = override(cfg, {"train.episodes": args.episodes})
-        cfg = override(cfg, args.set)
+        if "train.episodes" in values:
+            cfg = override(cfg, {"train.episodes": values["train.episodes"]})
+        cfg = override(cfg, cliargs.set_values(args))
         records = train(cfg, args.out, resume=True, device=args.device, quiet=args.quiet)
         if records and is_main_process():
             print(json.dumps(records[-1]))
         return 0
-    cfg = preset(args.preset)
+    cfg = cliargs.start(args, ImageNetCGNConfig, lambda: preset(args.preset, "imagenet train"))
+    weights = {kind: values.pop(path, None) for kind, path in WEIGHT_FIELDS.items()}
     sets: dict[str, object] = {}
-    tiny = cfg.model.biggan_arch == "tiny" and not args.biggan
-    if args.cgn:
-        sets["model.cgn"] = resolve_weight(args.cgn, "cgn", required=True)
+    tiny = cfg.model.biggan_arch == "tiny" and not weights["biggan"]
+    if weights["cgn"]:
+        sets["model.cgn"] = resolve_weight(weights["cgn"], "cgn", required=True)
     # Downloaded defaults are used only for the full-size model; random weights only when
     # asked for (--random-init, the tiny preset) or when --cgn provides every weight.
     explicit_only = args.random_init or tiny
-    need = not (explicit_only or args.cgn)
+    need = not (explicit_only or weights["cgn"])
     for kind in ("biggan", "u2net", "vgg16"):
-        given = getattr(args, kind)
+        given = weights[kind]
         if explicit_only and not given:
             continue
         v = resolve_weight(given, kind, required=need and kind != "vgg16",
                            directory=args.weights_dir)
         if v:
-            sets["loss.vgg16" if kind == "vgg16" else f"model.{kind}"] = v
-    for opt, key in (("feature_extractor", "loss.feature_extractor"), ("episodes", "train.episodes"),
-                     ("batch_acc", "train.batch_acc"), ("batch_size", "train.batch_size"),
-                     ("seed", "train.seed")):
-        if getattr(args, opt) is not None:
-            sets[key] = getattr(args, opt)
-    if args.download:
-        sets["loss.allow_download"] = True
-    cfg = override(cfg, sets)
-    cfg = override(cfg, args.set)
+            sets[WEIGHT_FIELDS[kind]] = v
+    cfg = cliargs.apply(cfg, args, {**sets, **values})
     records = train(cfg, args.out, resume=args.resume, device=args.device, quiet=args.quiet)
     if records and is_main_process():
         print(json.dumps(records[-1]))

@@ -9,123 +9,103 @@ import json
 import sys
 from pathlib import Path
 
+from cgn import cliargs
 from cgn.errors import CGNError
 
-# CLI option -> config field (options left unset keep the preset's / stored run's value)
-_FIELDS = {
-    "train_dir": "data.train_dir", "val_dir": "data.val_dir", "cf_dir": "data.cf_dir",
-    "cf_ratio": "data.cf_ratio", "class_index": "data.class_index",
-    "image_size": "data.image_size", "resize_size": "data.resize_size", "workers": "data.workers",
-    "arch": "model.arch", "weights": "model.weights_file", "epochs": "optim.epochs",
-    "batch_size": "optim.batch_size", "lr": "optim.lr", "cue_conflict": "eval.cue_conflict_dir",
-    "in9": "eval.in9_dir", "eval_batch_size": "eval.batch_size", "seed": "seed",
-    "device": "device", "max_steps": "max_steps", "checkpoint_every": "checkpoint_every",
-    "log_every": "log_every",
-}
-_PATHS = {"train_dir", "val_dir", "cf_dir", "class_index", "weights", "cue_conflict", "in9"}
+DATA_FIELDS = ["data.val_dir", "data.cf_dir", "data.class_index", "eval.cue_conflict_dir",
+               "eval.in9_dir", "data.image_size", "data.resize_size", "data.workers",
+               "eval.batch_size"]
+MODEL_FIELDS = ["model.arch", "model.pretrained", "model.weights_file", "optim.epochs",
+                "optim.batch_size", "optim.lr", "seed", "device", "max_steps", "checkpoint_every",
+                "log_every", "tensorboard"]
+# options given as paths are made absolute (the run directory records where its data lives)
+_PATHS = {"data.train_dir", "data.val_dir", "data.cf_dir", "data.class_index",
+          "model.weights_file", "eval.cue_conflict_dir", "eval.in9_dir"}
 
 
 def _abs(p: str) -> str:
     return str(Path(p).expanduser().resolve()) if p else ""
 
 
-def _add_data_args(p: argparse.ArgumentParser, train: bool) -> None:
+def _add_data_args(p: argparse.ArgumentParser, train: bool, **defaults) -> None:
+    from cgn.imagenet.classifier_config import ClassifierTrainConfig
     g = p.add_argument_group("data")
+    paths = (["data.train_dir"] if train else []) + DATA_FIELDS
     if train:
-        g.add_argument("--train-dir", help="ImageFolder of real training images (wnid folders)")
-    g.add_argument("--val-dir", help="ImageFolder of real validation images")
-    g.add_argument("--cf-dir", help="counterfactual dataset folder (DIR/train, DIR/val)")
+        paths.insert(3, "data.cf_ratio")
+    cliargs.add_fields(g, ClassifierTrainConfig, paths, **defaults)
     if train:
-        g.add_argument("--cf-ratio", type=float,
-                       help="counterfactual images per real image in each step (default 1)")
         g.add_argument("--baseline", action="store_true",
                        help="train on real images only (no counterfactual data)")
-    g.add_argument("--class-index", help="folder-name -> ImageNet index file for folders not "
-                                         "named by wnid")
-    g.add_argument("--cue-conflict", help="cue-conflict stimuli folder (shape bias)")
-    g.add_argument("--in9", help="IN-9 backgrounds challenge folder holding original/, "
-                                 "mixed_same/, mixed_rand/")
-    g.add_argument("--image-size", type=int, help="crop size (default 224)")
-    g.add_argument("--resize-size", type=int, help="evaluation resize (default 256)")
-    g.add_argument("--workers", type=int, help="DataLoader workers (default 4)")
-    g.add_argument("--eval-batch-size", type=int, help="evaluation batch size per process")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from cgn.imagenet.classifier_config import ClassifierTrainConfig
+    from cgn.presets import presets
+    known = presets("imagenet train-classifier")
+    defaults = {"defaults": {n: q.build() for n, q in known.items()}}
     p = sub.add_parser("train-classifier", help="train the invariant classifier ensemble on real "
                                                 "+ counterfactual images (or evaluate a run)",
-                       description=__doc__)
+                       description="Train the invariant classifier ensemble (a shared backbone "
+                                   "with shape, texture and background heads) on real and "
+                                   "counterfactual ImageNet images, evaluating it as it goes. "
+                                   "Multi-GPU: start the same command with torchrun "
+                                   "--nproc_per_node=N -m cgn imagenet ...")
     p.add_argument("--out", required=True, help="run directory (config, logs, checkpoints)")
-    p.add_argument("--preset", default="paper", help="starting config (paper, paper_baseline, "
-                                                     "study_mini, study_mini_baseline, smoke)")
+    p.add_argument("--preset", default="paper", choices=list(known),
+                   help="starting config (default: paper)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out exactly")
     p.add_argument("--evaluate-only", action="store_true",
                    help="evaluate the run's last checkpoint (or --checkpoint) instead of training")
     p.add_argument("--checkpoint", help="with --evaluate-only: the checkpoint to evaluate")
-    _add_data_args(p, train=True)
+    _add_data_args(p, train=True, **defaults)
     g = p.add_argument_group("model and optimisation")
-    g.add_argument("--arch", help="torchvision architecture of the backbone (default resnet50)")
-    g.add_argument("--no-pretrained", action="store_true", help="random backbone initialisation")
-    g.add_argument("--weights", help="local state dict of the torchvision classifier")
-    g.add_argument("--epochs", type=int)
-    g.add_argument("--batch-size", type=int, help="real images per step and process (default 32)")
-    g.add_argument("--lr", type=float)
-    g.add_argument("--seed", type=int)
-    g.add_argument("--device", help="auto (default), cpu, cuda")
-    g.add_argument("--max-steps", type=int, help="stop after N steps (0 = no limit)")
-    g.add_argument("--checkpoint-every", type=int, help="checkpoint every N steps (and per epoch)")
-    g.add_argument("--log-every", type=int, help="training log line every N steps")
-    g.add_argument("--no-tensorboard", action="store_true", help="metrics.jsonl only")
-    g.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
-                   help="any other config field, e.g. --set optim.lr_step_epochs=10")
+    cliargs.add_fields(g, ClassifierTrainConfig, MODEL_FIELDS, **defaults)
+    cliargs.add_config_options(g, "optim.lr_step_epochs=10")
     p.set_defaults(func=_train)
 
     e = sub.add_parser("evaluate-classifier",
                        help="top-k, counterfactual heads, shape bias and IN-9 of a checkpoint "
-                            "(or of a plain torchvision classifier)")
+                            "(or of a plain torchvision classifier)",
+                       description="Evaluate an ensemble checkpoint, or a plain torchvision "
+                                   "classifier: ImageNet top-k, the counterfactual heads, shape "
+                                   "bias on cue-conflict stimuli and the IN-9 background gap.")
     src = e.add_mutually_exclusive_group(required=True)
     src.add_argument("--checkpoint", help="an ensemble checkpoint (train-classifier)")
     src.add_argument("--plain", metavar="ARCH", help="a plain torchvision classifier instead")
-    e.add_argument("--weights", help="with --plain: local state dict (default: torchvision's "
-                                     "ImageNet weights)")
-    e.add_argument("--no-pretrained", action="store_true", help="with --plain: random weights")
-    _add_data_args(e, train=False)
+    checkpoint = {"template": "the checkpoint's; with --plain: {}"}
+    cliargs.add_fields(e, ClassifierTrainConfig, ["model.weights_file", "model.pretrained"],
+                       notes={"model.weights_file": "torchvision's ImageNet weights",
+                              "model.pretrained": "on"})
+    _add_data_args(e, train=False, **checkpoint)
     e.add_argument("--metrics", help="comma list of imagenet_topk, cf_head_accuracy, "
                                      "shape_bias, in9_bg_gap (default: all with data)")
-    e.add_argument("--include-same-category", action="store_true",
-                   help="shape bias: count cue-conflict images whose shape = texture category")
-    e.add_argument("--in9-normalization", choices=["in9", "imagenet"])
-    e.add_argument("--device", help="auto (default), cpu, cuda")
+    cliargs.add_fields(e, ClassifierTrainConfig,
+                       ["eval.exclude_same_category", "eval.in9_normalization", "device"], **checkpoint)
     e.add_argument("--out", help="also write the metrics to this JSON file")
+    cliargs.add_config_options(e, "eval.in9_variants=original,mixed_rand", config_file=False)
     e.set_defaults(func=_evaluate)
 
 
+def _given(args: argparse.Namespace) -> dict:
+    return {k: _abs(v) if k in _PATHS else v for k, v in cliargs.given(args).items()}
+
+
 def _overrides(args: argparse.Namespace) -> dict:
-    ov = {}
-    for opt, key in _FIELDS.items():
-        v = getattr(args, opt, None)
-        if v is not None:
-            ov[key] = _abs(v) if opt in _PATHS else v
-    if getattr(args, "no_pretrained", False):
-        ov["model.pretrained"] = False
-    if getattr(args, "no_tensorboard", False):
-        ov["tensorboard"] = False
+    ov = _given(args)
     if getattr(args, "baseline", False):
-        if args.cf_dir:
+        if ov.get("data.cf_dir"):
             raise CGNError("--baseline trains without counterfactual data; drop --cf-dir")
         ov["data.cf_dir"] = ""
-    for a in getattr(args, "set", []) or []:
-        if "=" not in a:
-            raise CGNError(f"--set {a!r}: write it as section.field=value")
-        k, v = a.split("=", 1)
-        ov[k.strip()] = v.strip()
+    ov.update(cliargs.set_values(args))
     return ov
 
 
 def _train(args: argparse.Namespace) -> int:
     from cgn.config import check_resume, override, to_dict
     from cgn.core.distributed import init_distributed, shutdown_distributed
-    from cgn.imagenet.classifier_config import ClassifierTrainConfig, config_from_dict, preset_config
+    from cgn.imagenet.classifier_config import ClassifierTrainConfig, config_from_dict
+    from cgn.presets import preset
     from cgn.imagenet.classifier_train import (evaluate_model, load_classifier,
                                                train_classifier)
     from cgn.io import write_json_atomic
@@ -155,7 +135,8 @@ def _train(args: argparse.Namespace) -> int:
                      f"--resume continues the stored config of {out}",
                      "drop those options or start a new run with another --out")
     else:
-        cfg = override(preset_config(args.preset), ov)
+        cfg = override(cliargs.start(args, ClassifierTrainConfig,
+                                     lambda: preset(args.preset, "imagenet train-classifier")), ov)
     dist = init_distributed(cfg.device)
     try:
         result = train_classifier(cfg, out, resume=args.resume, dist=dist)
@@ -175,19 +156,16 @@ def _evaluate(args: argparse.Namespace) -> int:
     from cgn.imagenet.ensemble import weights_arg
     from cgn.io import write_json_atomic
 
+    ov = _overrides(args)
     if args.checkpoint:
         model, cfg = load_classifier(args.checkpoint)
     else:
-        if args.weights and args.no_pretrained:
+        given = _given(args)
+        weights, pretrained = given.get("model.weights_file"), given.get("model.pretrained", True)
+        if weights and not pretrained:
             raise CGNError("--weights and --no-pretrained contradict each other; choose one")
-        w = weights_arg(not args.no_pretrained, _abs(args.weights) if args.weights else "")
-        model = plain_classifier(args.plain, w)
+        model = plain_classifier(args.plain, weights_arg(pretrained, weights or ""))
         cfg = override(ClassifierTrainConfig(), {"model.arch": args.plain})
-    ov = _overrides(args)
-    if args.include_same_category:
-        ov["eval.exclude_same_category"] = False
-    if args.in9_normalization:
-        ov["eval.in9_normalization"] = args.in9_normalization
     cfg = override(cfg, ov)
     which = [m.strip() for m in args.metrics.split(",") if m.strip()] if args.metrics else None
     dist = init_distributed(cfg.device)

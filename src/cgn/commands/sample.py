@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cgn import cliargs
 from cgn.errors import CGNError
 
 GRID_MAX = 100  # samples shown by --grid
@@ -28,19 +29,20 @@ GRID_MAX = 100  # samples shown by --grid
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("sample", help="sample (counterfactual) images from an MNIST CGN",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+                       description=cliargs.plain(__doc__), formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True, help="a cgn train-cgn checkpoint, or the authors' .pth")
     p.add_argument("--reference-format", action="store_true",
                    help="the checkpoint is one of the authors' plain state dicts")
     p.add_argument("--shape", default="random", help="shape label(s): digit, list or 'random'")
     p.add_argument("--texture", default="random", help="foreground texture label(s)")
     p.add_argument("--background", default="random", help="background label(s)")
-    p.add_argument("--n", type=int, default=100, help="number of samples")
-    p.add_argument("--seed", type=int, default=0, help="seed of labels drawn at random and of all noise")
+    p.add_argument("--n", type=int, default=100, help="number of samples (default 100)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of labels drawn at random and of all noise (default 0)")
     p.add_argument("--out", required=True, help="output .npz")
     p.add_argument("--grid", help="also write a PNG grid (composite, mask, foreground, background; <= 100 samples)")
-    p.add_argument("--batch-size", type=int, default=500, help="samples per forward pass")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
+    p.add_argument("--batch-size", type=int, default=500, help="samples per forward pass (default 500)")
+    p.add_argument("--device", default="auto", help=cliargs.DEVICE_HELP)
     p.set_defaults(func=run)
 
 

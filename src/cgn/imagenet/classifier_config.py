@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from cgn.config import check, from_dict, override
-from cgn.errors import CGNError
+from cgn.config import check, from_dict
+from cgn.presets import Preset
 
 IN9_VARIANTS = ("original", "mixed_same", "mixed_rand")
 
@@ -132,15 +132,10 @@ class ClassifierTrainConfig:
         return not self.data.cf_dir
 
 
-@dataclass(frozen=True)
-class Preset:
-    overrides: dict
-    command: str
-    reproduces: str
-
-
+_COMMAND = "imagenet train-classifier"
 PRESETS: dict[str, Preset] = {
     "paper": Preset(
+        "paper", ClassifierTrainConfig, _COMMAND,
         overrides={},
         command="torchrun --nproc_per_node=NGPU -m cgn imagenet train-classifier --preset paper "
                 "--train-dir IMAGENET/train --val-dir IMAGENET/val --cf-dir CF_DATA "
@@ -149,6 +144,7 @@ PRESETS: dict[str, Preset] = {
                    "head 54.8 / 16.7 / 22.9 %; ensemble top-1 / top-5 74.0 / 91.7; IN-9 original "
                    "94.2, mixed-same 83.4, mixed-rand 80.1, BG-gap 3.3"),
     "paper_baseline": Preset(
+        "paper_baseline", ClassifierTrainConfig, _COMMAND,
         overrides={"data.cf_dir": ""},
         command="torchrun --nproc_per_node=NGPU -m cgn imagenet train-classifier --preset "
                 "paper_baseline --train-dir IMAGENET/train --val-dir IMAGENET/val "
@@ -156,6 +152,7 @@ PRESETS: dict[str, Preset] = {
         reproduces="paper (IN only): IN-9 original 95.6, mixed-same 86.2, mixed-rand 78.9, "
                    "BG-gap 7.3"),
     "study_mini": Preset(
+        "study_mini", ClassifierTrainConfig, _COMMAND,
         overrides={},
         command="cgn imagenet train-classifier --preset study_mini --train-dir "
                 "IMAGENET_MINI/train --val-dir IMAGENET_MINI/val --cf-dir CF_DATA "
@@ -164,6 +161,7 @@ PRESETS: dict[str, Preset] = {
                    "top-1 11.36; shape bias shape / texture / background head 47.00 / 37.01 / "
                    "47.02 %"),
     "study_mini_baseline": Preset(
+        "study_mini_baseline", ClassifierTrainConfig, _COMMAND,
         overrides={"data.cf_dir": ""},
         command="cgn imagenet train-classifier --preset study_mini_baseline --train-dir "
                 "IMAGENET_MINI/train --val-dir IMAGENET_MINI/val --cue-conflict CUE_CONFLICT "
@@ -171,6 +169,7 @@ PRESETS: dict[str, Preset] = {
         reproduces="study, ImageNet-1k(mini) only: train top-1 / top-5 91.27 / 97.35, val "
                    "top-1 73.12; shape bias 48.1 %"),
     "smoke": Preset(
+        "smoke", ClassifierTrainConfig, _COMMAND,
         overrides={"model.arch": "tiny", "model.pretrained": False, "data.image_size": 32,
                    "data.resize_size": 36, "data.workers": 0, "optim.epochs": 1,
                    "optim.batch_size": 8, "optim.lr": 0.01, "eval.batch_size": 16,
@@ -182,15 +181,9 @@ PRESETS: dict[str, Preset] = {
 }
 
 
-def preset_config(name: str) -> ClassifierTrainConfig:
-    if name not in PRESETS:
-        raise CGNError(f"unknown preset {name!r}; available: {', '.join(PRESETS)}")
-    return override(ClassifierTrainConfig(), PRESETS[name].overrides)
-
-
 def config_from_dict(d: dict) -> ClassifierTrainConfig:
     return from_dict(ClassifierTrainConfig, d)
 
 
 __all__ = ["ClassifierTrainConfig", "ModelConfig", "DataConfig", "OptimConfig", "EvalConfig",
-           "PRESETS", "Preset", "preset_config", "config_from_dict", "IN9_VARIANTS"]
+           "PRESETS", "config_from_dict", "IN9_VARIANTS"]

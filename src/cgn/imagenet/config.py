@@ -29,7 +29,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from cgn.config import check, from_dict, to_dict
+from cgn.config import check
+from cgn.presets import Preset
 
 FIXED_CLASSES = [15, 251, 330, 382, 385, 483, 559, 751, 938, 947, 999]
 
@@ -114,7 +115,7 @@ class OptimConfig:
 
 @dataclass
 class TrainConfig:
-    episodes: int = field(default=300, metadata={"help": "optimizer updates", "resume": "extend"})
+    episodes: int = field(default=300, metadata={"help": "training length in episodes (optimizer updates)", "resume": "extend"})
     batch_size: int = field(default=1, metadata={"help": "samples per micro-step (per process)"})
     batch_acc: int = field(default=4000, metadata={"help": "micro-steps accumulated per update"})
     truncation: float = field(default=1.0, metadata={"help": "noise truncation in training"})
@@ -150,30 +151,20 @@ class ImageNetCGNConfig:
         check(all(0 <= c < n for c in self.train.sample_classes), "sample_classes must be in 0..999")
 
 
-PRESETS: dict[str, dict] = {
-    "imagenet-256": {},
-    "tiny": {
-        "model": {"biggan_arch": "tiny", "u2net_arch": "tiny", "tiny_resolution": 16,
-                  "tiny_width": 4, "tiny_z_dim": 8},
-        "loss": {"feature_extractor": "random", "text_work_size": 16, "text_patch": 3,
-                 "text_top": 20, "text_grid": 3},
-        "train": {"episodes": 2, "batch_acc": 2, "batch_size": 1,
-                  "sample_classes": [15, 251, 999]},
-    },
-}
-
-
-def preset(name: str) -> ImageNetCGNConfig:
-    from cgn.errors import CGNError
-    if name not in PRESETS:
-        raise CGNError(f"unknown ImageNet CGN preset {name!r}; choose one of {', '.join(PRESETS)}")
-    data = _merge(to_dict(ImageNetCGNConfig()), PRESETS[name])
-    data["preset"] = name
-    return from_dict(ImageNetCGNConfig, data)
-
-
-def _merge(base: dict, upd: dict) -> dict:
-    out = dict(base)
-    for k, v in upd.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
+PRESETS: dict[str, Preset] = {p.name: p for p in [
+    Preset("imagenet-256", ImageNetCGNConfig, "imagenet train",
+           "cgn imagenet train --preset imagenet-256 --biggan WEIGHTS/biggan-deep-256 "
+           "--u2net WEIGHTS/u2net.pth --vgg16 WEIGHTS/vgg16-397923af.pth --out runs/in_cgn",
+           "the paper, Table 2 (the authors' cgn.pth): Inception Score 130.2 (BigGAN 202.9) and "
+           "mu_mask about 0.3, measured with cgn imagenet metrics on 2,000 random counterfactuals "
+           "(10 splits)"),
+    Preset("tiny", ImageNetCGNConfig, "imagenet train",
+           "cgn imagenet train --preset tiny --out runs/in_cgn_tiny",
+           "nothing: the CPU smoke test of the whole pipeline",
+           overrides={"model.biggan_arch": "tiny", "model.u2net_arch": "tiny",
+                      "model.tiny_resolution": 16, "model.tiny_width": 4, "model.tiny_z_dim": 8,
+                      "loss.feature_extractor": "random", "loss.text_work_size": 16,
+                      "loss.text_patch": 3, "loss.text_top": 20, "loss.text_grid": 3,
+                      "train.episodes": 2, "train.batch_acc": 2, "train.batch_size": 1,
+                      "train.sample_classes": [15, 251, 999]}),
+]}

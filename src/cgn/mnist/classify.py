@@ -15,7 +15,7 @@ variant's fixed OOD test split.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -41,22 +41,34 @@ TRAIN_SETS = ("real", "real+gan", "real+cf", "cf")
 
 @dataclass
 class ClassifierConfig:
-    dataset: str = "colored-mnist"       # which MNIST variant (its train split is "real")
-    train_set: Literal["real", "real+gan", "real+cf", "cf"] = "real"
-    generated: str | None = None         # folder written by `cgn generate` (for all but "real")
-    epochs: int = 10
-    batch_size: int = 64
-    lr: float = 1.0                      # Adadelta
-    gamma: float = 0.7                   # StepLR per epoch
-    seed: int = 0                        # initialisation and data order
-    data_seed: int = 0                   # seed of the variant's splits (fixes the OOD test set)
-    textures: str | None = None          # wildlife texture folder (None: procedural set)
-    official_test: bool = False
-    train_eval_size: int = 10_000        # training images scored for "train accuracy"
-    precision: Literal["bf16", "fp32"] = "bf16"  # bf16 autocast (channels-last; AMX/AVX-512 CPUs)
-    threads: int = 0                     # torch CPU threads (0: torch's default)
-    limit_real: int | None = None        # use only the first N real training images (tests, probes)
-    device: str = "auto"
+    dataset: Literal["colored-mnist", "double-colored-mnist", "wildlife-mnist"] = field(
+        default="colored-mnist", metadata={
+            "help": "MNIST variant: its train split is the real data, its test split the OOD test set"})
+    train_set: Literal["real", "real+gan", "real+cf", "cf"] = field(default="real", metadata={
+        "help": "training set: real images, real + plain GAN samples, real + counterfactuals, or "
+                "counterfactuals only"})
+    generated: str | None = field(default=None, metadata={
+        "help": "folder written by cgn generate (every train set but real needs one)"})
+    epochs: int = field(default=10, metadata={"help": "training epochs"})
+    batch_size: int = field(default=64, metadata={"help": "batch size"})
+    lr: float = field(default=1.0, metadata={"help": "Adadelta learning rate"})
+    gamma: float = field(default=0.7, metadata={"help": "StepLR factor of the learning rate per epoch"})
+    seed: int = field(default=0, metadata={"help": "seed of the initialisation and the data order"})
+    data_seed: int = field(default=0, metadata={
+        "help": "seed the variant's splits are built with (fixes the OOD test set)"})
+    textures: str | None = field(default=None, metadata={
+        "help": "wildlife texture folder (object/, background/); none: the built-in procedural set"})
+    official_test: bool = field(default=False, metadata={
+        "help": "double-colored / wildlife: train on all 60k images and test on the official 10k "
+                "test split (off: train on [:50000], test on [50000:60000] as the original)"})
+    train_eval_size: int = field(default=10_000, metadata={
+        "help": "training images scored for the train accuracy"})
+    precision: Literal["bf16", "fp32"] = field(default="bf16", metadata={
+        "help": "bf16 autocast (channels-last; fast on AMX/AVX-512 CPUs) or fp32 training"})
+    threads: int = field(default=0, metadata={"help": "torch CPU threads (0: torch's default)"})
+    limit_real: int | None = field(default=None, metadata={
+        "help": "use only the first N real training images (smoke tests, probes)"})
+    device: str = field(default="auto", metadata={"help": "auto | cpu | cuda[:N]"})
 
     def __post_init__(self):
         check(self.dataset in variants.VARIANTS, f"unknown dataset {self.dataset!r}; choose one of "

@@ -12,8 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from cgn.config import check, from_dict, override, to_dict
-from cgn.errors import CGNError
+from cgn.config import check, from_dict
+from cgn.presets import Preset
 
 VARIANT_NAMES = ("colored-mnist", "double-colored-mnist", "wildlife-mnist")
 
@@ -58,7 +58,8 @@ class LossConfig:
         "help": "calibration of the VGG activations: features times this, so the style loss times "
                 "its square (see docs/mnist_cgn.md, 'Feature extractor')"})
     bf16: bool = field(default=False, metadata={"help": "run the VGG forward under bfloat16 autocast"})
-    ssim_weight: float = field(default=0.0, metadata={"help": "weight of 1-SSIM(x_gen, x_real) (study)"})
+    ssim_weight: float = field(default=0.0, metadata={
+        "help": "weight of the loss 1 - SSIM(generated, real) (the reproduction study's ablation; 0: off)"})
     border_weight: float = field(default=0.0, metadata={"help": "weight of the mask border loss"})
     border_width: int = field(default=3, metadata={"help": "frame width (px) of the border loss"})
 
@@ -87,7 +88,7 @@ class TrainConfig:
         default="double-colored-mnist", metadata={"help": "training data (cgn.mnist.variants)"})
     data_seed: int = field(default=0, metadata={"help": "seed the dataset was built with"})
     textures: str | None = field(default=None, metadata={
-        "help": "wildlife texture folder (object/, background/); None: the variants' default set"})
+        "help": "wildlife texture folder (object/, background/); none: the built-in procedural set"})
     epochs: int = field(default=15, metadata={"help": "passes over the training set", "resume": "extend"})
     max_steps: int | None = field(default=None, metadata={
         "help": "stop after this many generator steps (overrides epochs when set)", "resume": "extend"})
@@ -127,25 +128,13 @@ class CGNTrainConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
-@dataclass(frozen=True)
-class Preset:
-    name: str
-    config: CGNTrainConfig
-    command: str
-    reproduces: str
-    recipe: dict = field(default_factory=dict)  # overrides applied by --recipe
-    recipe_reproduces: str = ""
-
-
 def _preset(name: str, mask: float, style: list[float], disc: str, init: str, gain: float,
             ndf: int, recipe: dict, reproduces: str, recipe_reproduces: str) -> Preset:
-    cfg = CGNTrainConfig(
-        preset=name,
-        model=ModelConfig(init_type=init, init_gain=gain, disc=disc, ndf=ndf),
-        loss=LossConfig(mask_weight=mask, style_weights=style),
-        train=TrainConfig(dataset=name),
-    )
-    return Preset(name, cfg, f"cgn train-cgn --preset {name}", reproduces, recipe, recipe_reproduces)
+    overrides = {"model.init_type": init, "model.init_gain": gain, "model.disc": disc,
+                 "model.ndf": ndf, "loss.mask_weight": mask, "loss.style_weights": style,
+                 "train.dataset": name}
+    return Preset(name, CGNTrainConfig, "train-cgn", f"cgn train-cgn --preset {name}", reproduces,
+                  overrides, recipe, recipe_reproduces)
 
 
 # The recipe: see docs/mnist_cgn.md ("Recipe") for the measurements that chose it.
@@ -167,18 +156,6 @@ PRESETS: dict[str, Preset] = {p.name: p for p in [
             "the authors' wildlife CGN: striped digits on veined backgrounds by label (15 epochs)",
             "non-collapsed masks (mean 0.1-0.35) and clean grids in < 30 min on 2 cores"),
 ]}
-
-
-def get_preset(name: str) -> Preset:
-    if name not in PRESETS:
-        raise CGNError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
-    return PRESETS[name]
-
-
-def preset_config(name: str, recipe: bool = False) -> CGNTrainConfig:
-    p = get_preset(name)
-    cfg = from_dict(CGNTrainConfig, to_dict(p.config))
-    return override(cfg, p.recipe) if recipe else cfg
 
 
 def config_from_dict(d: dict) -> CGNTrainConfig:

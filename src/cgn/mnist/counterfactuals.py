@@ -30,6 +30,7 @@ import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -53,15 +54,19 @@ RENDERER = "frozen-1"
 
 @dataclass
 class GenerateConfig:
-    n: int = 100_000              # images in the dataset
-    cf_ratio: int = 10            # counterfactuals per sampled mask (the authors' ``no_cfs``)
-    seed: int = 0                 # run seed; every image's seed derives from it
-    counterfactual: bool = True   # False: plain CGN samples (one label and noise for all IMs)
-    shard_size: int = 50_000      # images per shard file
-    # images per forward pass: changes no image, only the speed, so a resume may change it
+    n: int = field(default=100_000, metadata={"help": "images in the dataset (1e6 works)"})
+    cf_ratio: int = field(default=10, metadata={
+        "help": "counterfactuals per sampled mask (the authors' no_cfs)"})
+    seed: int = field(default=0, metadata={"help": "run seed; every image's seed derives from it"})
+    counterfactual: bool = field(default=True, metadata={
+        "help": "counterfactuals: random texture and background labels per mask; off: plain CGN "
+                "samples, one label and noise for all mechanisms (the GAN baseline)"})
+    shard_size: int = field(default=50_000, metadata={"help": "images per shard file"})
     # (256 measured ~1.35x faster than 1000 on CPU, bf16)
-    batch_size: int = field(default=256, metadata={"resume": "free"})
-    precision: str = "bf16"       # "bf16": bf16 autocast (AMX/AVX-512 on CPU); "fp32"
+    batch_size: int = field(default=256, metadata={
+        "help": "images per forward pass: changes no image, only the speed", "resume": "free"})
+    precision: Literal["bf16", "fp32"] = field(default="bf16", metadata={
+        "help": "bf16 autocast (fast on CPUs with AVX-512/AMX) or fp32"})
 
     def __post_init__(self):
         check(self.n >= 1, f"n must be at least 1, got {self.n}")

@@ -52,31 +52,48 @@ REFERENCE_FILES = {"colored-mnist": "colored_mnist.pth", "double-colored-mnist":
 
 @dataclass
 class ReproduceConfig:
-    datasets: list[str] = field(default_factory=lambda: list(variants.VARIANTS))
-    cgn: Literal["reference", "trained"] = "trained"
-    reference_dir: str | None = None     # folder with the authors' *_mnist.pth (cgn=reference)
-    n_counterfactuals: int = 100_000
-    cf_ratio: int = 10
-    train_sets: list[str] = field(default_factory=lambda: list(TRAIN_SETS))
-    epochs: int = 10                     # classifier epochs
-    seed: int = 0
-    data_seed: int = 0
-    textures: str | None = None          # wildlife texture folder (None: procedural set)
-    cgn_steps: int | None = None         # trained CGNs: override the recipe's number of steps
-    precision: Literal["bf16", "fp32"] = "bf16"
-    # e.g. [10000, 100000, 1000000]; outputs are keyed by size (cf-<size>/, clf-real+cf-<size>/),
-    # so a rerun may add sizes (the run records them) and reuses the steps done
-    ablation_sizes: list[int] = field(default_factory=list, metadata={"resume": "extend"})
-    ssim_weight: float | None = None     # also train CGNs with this SSIM weight (Table 4)
-    cgn_runs: dict[str, str] = field(default_factory=dict)  # dataset -> finished `cgn train-cgn` run dir
-    # How the run executes, not what it computes, so a rerun may change them ("free"; another
-    # thread count may change float rounding of the steps still to run, as train-cgn's --resume
-    # allows). threads: torch CPU threads per process (0: torch's default; with jobs > 1: CPU
-    # count // workers). jobs: datasets run concurrently in up to this many worker processes
-    # (same results as 1 at the same thread count).
-    threads: int = field(default=0, metadata={"resume": "free"})
-    jobs: int = field(default=1, metadata={"resume": "free"})
-    limit_real: int | None = None        # only the first N real training images (tests, probes)
+    datasets: list[Literal["colored-mnist", "double-colored-mnist", "wildlife-mnist"]] = field(
+        default_factory=lambda: list(variants.VARIANTS), metadata={"help": "datasets to reproduce"})
+    cgn: Literal["reference", "trained"] = field(default="trained", metadata={
+        "help": "trained: train a CGN per dataset with the preset recipe; reference: the "
+                "authors' CGNs from reference_dir"})
+    reference_dir: str | None = field(default=None, metadata={
+        "help": "folder with the authors' *_mnist.pth files (cgn=reference)"})
+    n_counterfactuals: int = field(default=100_000, metadata={
+        "help": "counterfactual images per dataset (1e6 for the full setting)"})
+    cf_ratio: int = field(default=10, metadata={"help": "counterfactuals per sampled mask"})
+    train_sets: list[Literal["real", "real+gan", "real+cf", "cf"]] = field(
+        default_factory=lambda: list(TRAIN_SETS), metadata={"help": "classifier training sets"})
+    epochs: int = field(default=10, metadata={"help": "classifier epochs"})
+    seed: int = field(default=0, metadata={
+        "help": "seed of the CGNs, the counterfactual sets and the classifiers"})
+    data_seed: int = field(default=0, metadata={"help": "seed the variants' splits are built with"})
+    textures: str | None = field(default=None, metadata={
+        "help": "wildlife texture folder (object/, background/); none: the built-in procedural set"})
+    cgn_steps: int | None = field(default=None, metadata={
+        "help": "trained CGNs: train this many steps instead of the recipe's"})
+    precision: Literal["bf16", "fp32"] = field(default="bf16", metadata={
+        "help": "precision of the counterfactual generation: bf16 autocast or fp32"})
+    ablation_sizes: list[int] = field(default_factory=list, metadata={
+        "help": "also train on this many counterfactuals each (e.g. 1e4,1e5,1e6) and plot the OOD "
+                "accuracy against the size", "resume": "extend"})
+    ssim_weight: float | None = field(default=None, metadata={
+        "help": "SSIM ablation (Table 4 of the reproduction study): also train CGNs with this "
+                "SSIM loss weight"})
+    cgn_runs: dict[str, str] = field(default_factory=dict, metadata={
+        "help": "dataset -> a finished cgn train-cgn run directory to use instead of training"})
+    # threads and jobs say how the run executes, not what it computes: a rerun may change them
+    # (another thread count may change float rounding of the steps still to run, as train-cgn's
+    # --resume allows).
+    threads: int = field(default=0, metadata={"resume": "free",
+        "help": "torch CPU threads per process (0: torch's default; with jobs > 1: the CPU count "
+                "divided by the number of worker processes)"})
+    jobs: int = field(default=1, metadata={"resume": "free",
+        "help": "run the datasets concurrently in up to N worker processes. The small MNIST models "
+                "use many cores better this way than with more threads; results equal 1 job at "
+                "the same thread count. jobs and threads may change when resuming"})
+    limit_real: int | None = field(default=None, metadata={
+        "help": "use only the first N real training images (smoke tests, probes)"})
 
     def __post_init__(self):
         for d in self.datasets:
@@ -143,9 +160,9 @@ class Reproduction:
             self.run.log(f"[{dataset}] using the CGN of {run_dir} (mask mean {res.get('mask_mean', float('nan')):.3f})")
             return ckpt, False, run_dir
         from cgn.config import override
-        from cgn.mnist.config import preset_config
         from cgn.mnist.train import train
-        cfg = preset_config(dataset, recipe=True)
+        from cgn.presets import preset
+        cfg = preset(dataset, "train-cgn", recipe=True)
         changes = {"train.data_seed": self.cfg.data_seed, "train.seed": self.cfg.seed,
                    "train.threads": self.cfg.threads}
         if self.cfg.cgn_steps is not None:
