@@ -265,7 +265,7 @@ def test_stale_temporary_files_are_removed_by_the_next_holder(tmp_path):
 
 def test_bad_numbers_and_lists_in_settings_are_one_line():
     from cgn.config import override
-    from cgn.mnist.config import preset_config
+    from cgn.presets import preset as preset_config
     cfg = preset_config("colored-mnist")
     for assignment, words in (("optim.lr=inf", "finite"), ("optim.lr=nan", "finite"),
                               ("train.max_steps=inf", "integer"),
@@ -308,3 +308,84 @@ def test_texture_folder_with_a_directory_or_a_bomb(tmp_path, monkeypatch):
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 40)  # 8x8 = 64 pixels is now a "bomb"
     with pytest.raises(CGNError, match="decompression bomb"):
         load_texture_folder(tmp_path)
+
+
+# -- counterfactual sets: checked shards, bounds, space, one writer -----------------------------
+
+@pytest.fixture(scope="module")
+def tiny_cgn_file(tmp_path_factory):
+    from cgn.config import to_dict
+    from cgn.presets import preset as preset_config
+    from cgn.mnist.model import MnistCGN
+    torch.manual_seed(0)
+    cfg = preset_config("double-colored-mnist")
+    path = tmp_path_factory.mktemp("cgn") / "cgn.pt"
+    save_checkpoint(path, kind="mnist-cgn", step=0, config=to_dict(cfg),
+                    model=MnistCGN(cfg.model).eval().state_dict())
+    return path
+
+
+def _generate(path, out, n=60, log=None):
+    from cgn.mnist import counterfactuals as C
+    from cgn.mnist.counterfactuals import GenerateConfig, checkpoint_source, generate
+    from cgn.mnist.model import load_generator
+    model, info = load_generator(path)
+    cfg = GenerateConfig(n=n, cf_ratio=5, seed=1, shard_size=25, batch_size=16)
+    generate(model, cfg, out, source=checkpoint_source(path, info), log=log or (lambda m: None))
+    release_all()
+    return C
+
+
+def test_a_damaged_finished_shard_is_found_and_rewritten(tiny_cgn_file, tmp_path):
+    out = tmp_path / "cf"
+    C = _generate(tiny_cgn_file, out)
+    lab = out / "shard-00001.labels.npz"
+    images = (out / "shard-00001.images.npy").read_bytes()
+    labels = lab.read_bytes()
+    lab.write_bytes(labels[: len(labels) // 2])  # truncated: a reader would crash (BadZipFile)
+    with pytest.raises(CGNError, match="shard 1 damaged"):
+        C.CounterfactualSet(out)
+    notes = []
+    _generate(tiny_cgn_file, out, log=notes.append)
+    assert any("shard 1" in n and "damaged" in n for n in notes)
+    assert lab.read_bytes() == labels and (out / "shard-00001.images.npy").read_bytes() == images
+    assert len(C.CounterfactualSet(out)) == 60
+    (out / "shard-00000.images.npy").write_bytes(b"\x93NUMPY" + b"\0" * 100)  # damaged images
+    with pytest.raises(CGNError, match="shard 0 damaged"):
+        C.CounterfactualSet(out)
+    (out / "manifest.json").write_text('{"format": ')
+    with pytest.raises(CGNError, match="manifest.*damaged"):
+        C.CounterfactualSet(out)
+
+
+def test_generation_bounds_and_disk_space(tiny_cgn_file, tmp_path, monkeypatch):
+    import shutil
+    from cgn.cli import main
+    from cgn.mnist.counterfactuals import GenerateConfig
+    with pytest.raises(ValueError, match="n must be between"):
+        GenerateConfig(n=10**99)
+    assert main(["generate", "--checkpoint", str(tiny_cgn_file), "--n", "1e99",
+                 "--out", str(tmp_path / "huge")]) == 2
+    assert not (tmp_path / "huge").exists()
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10**9, 10**9 - 10**5, 10**5))
+    with pytest.raises(CGNError, match=r"need .* GB, but only .* GB are free"):
+        _generate(tiny_cgn_file, tmp_path / "small")
+    release_all()
+
+
+def test_two_generations_on_one_folder(tiny_cgn_file, tmp_path):
+    from cgn.cli import main
+    from faults import cgn_process
+    out = tmp_path / "cf"
+    first = cgn_process(["generate", "--checkpoint", str(tiny_cgn_file), "--n", "400000",
+                         "--out", str(out)])
+    try:
+        deadline = time.monotonic() + 120
+        while not ((out / ".lock").exists() and (out / ".lock").read_text()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert main(["generate", "--checkpoint", str(tiny_cgn_file), "--n", "400000",
+                     "--out", str(out)]) == 2
+    finally:
+        first.kill()
+        first.wait()
+    assert not any(out.glob("shard-*.images.npy"))  # the second process wrote nothing

@@ -65,6 +65,19 @@ def finite_json(obj: Any) -> Any:
     return obj
 
 
+def read_json(path: str | os.PathLike, what: str = "file") -> Any:
+    """A JSON file cgn wrote (manifest, config, results); a damaged one is a :class:`CGNError`."""
+    from cgn.errors import CGNError
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise CGNError(f"{what} {path} does not exist; check the path") from None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise CGNError(f"{what} {path} is damaged (not valid JSON); restore it, or start again in "
+                       "another output folder") from None
+
+
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
     write_text_atomic(path, json.dumps(finite_json(obj), indent=2, sort_keys=False) + "\n")
 

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from cgn import cliargs
+from cgn.io import read_json
 from cgn.errors import CGNError
 
 # weight option -> config field; the path given (or the downloaded default) is checked first
@@ -115,7 +116,7 @@ def _train(args: argparse.Namespace) -> int:
         # The run's own config with --episodes / --set; the trainer keeps what a resume may not
         # change (cgn.config.resume_diff: only the run's length may).
         from cgn.config import from_dict
-        stored = json.loads((Path(args.out) / "config.json").read_text())["config"]
+        stored = read_json(Path(args.out) / "config.json", "run config")["config"]
         cfg = from_dict(ImageNetCGNConfig, stored)
         if "train.episodes" in values:
             cfg = override(cfg, {"train.episodes": values["train.episodes"]})

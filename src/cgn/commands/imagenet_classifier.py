@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from cgn import cliargs
+from cgn.io import read_json
 from cgn.errors import CGNError
 
 DATA_FIELDS = ["data.val_dir", "data.cf_dir", "data.class_index", "eval.cue_conflict_dir",
@@ -129,7 +130,7 @@ def _train(args: argparse.Namespace) -> int:
             print()
         return 0
     if args.resume and stored.exists():
-        old = config_from_dict(json.loads(stored.read_text())["config"])
+        old = config_from_dict(read_json(stored, "run config")["config"])
         cfg = override(old, ov)
         check_resume(ClassifierTrainConfig, to_dict(old), to_dict(cfg),
                      f"--resume continues the stored config of {out}",

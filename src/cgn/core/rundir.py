@@ -20,7 +20,7 @@ from cgn import __version__
 from cgn.config import ResumeDiff, check_resume
 from cgn.core.lock import lock_dir
 from cgn.errors import CGNError
-from cgn.io import append_jsonl, read_jsonl, write_json_atomic
+from cgn.io import append_jsonl, read_json, read_jsonl, write_json_atomic
 
 
 class RunDir:
@@ -48,8 +48,8 @@ class RunDir:
 
     def stored_config(self) -> dict:
         try:
-            return json.loads(self.config_path.read_text())["config"]
-        except (json.JSONDecodeError, KeyError, TypeError):
+            return read_json(self.config_path, "run config")["config"]
+        except (KeyError, TypeError):
             raise CGNError(f"{self.config_path} is damaged (not the JSON record cgn writes); restore "
                            "it, or start the run again in another --out") from None
 

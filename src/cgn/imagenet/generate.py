@@ -18,7 +18,6 @@ over one mechanism (shape / texture / background) or all of them, at fixed noise
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -37,7 +36,7 @@ from cgn.errors import CGNError
 from cgn.imagenet.cfdata import CFDatasetWriter, image_name, split_dir
 from cgn.imagenet.config import ImageNetCGNConfig, ModelConfig
 from cgn.imagenet.model import CHECKPOINT_KIND, CGNOutput, ImageNetCGN, build_cgn, truncated_noise
-from cgn.io import atomic_write, write_json_atomic
+from cgn.io import atomic_write, read_json, write_json_atomic
 
 MECH_KEYS = {"shape": 0, "texture": 1, "background": 2}
 INTERP_MODES = ("shape", "texture", "background", "all")
@@ -148,7 +147,7 @@ def generate_dataset(model: ImageNetCGN, out: str | os.PathLike, split: str, n: 
     meta_path = d / "generation.json"
     meta = asdict(spec)
     if meta_path.is_file():
-        check_resume(DatasetSpec, json.loads(meta_path.read_text()), meta,
+        check_resume(DatasetSpec, read_json(meta_path, "generation record"), meta,
                      f"{d} was generated with other settings", "use the same settings to resume, or another --out")
     else:
         write_json_atomic(meta_path, meta)

@@ -28,6 +28,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
+import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -41,7 +43,7 @@ from cgn.core.lock import lock_dir
 from cgn.core.progress import progress
 from cgn.core.sampling import to_uint8
 from cgn.errors import CGNError
-from cgn.io import atomic_write, file_digest, save_npz_atomic, write_json_atomic
+from cgn.io import atomic_write, file_digest, read_json, save_npz_atomic, write_json_atomic
 from cgn.mnist.upconv import frozen_inference
 
 FORMAT = "cgn-counterfactuals/1"
@@ -50,6 +52,11 @@ FORMAT = "cgn-counterfactuals/1"
 #   layers-1: the mechanisms layer by layer under bf16 autocast (datasets made before 2026-11-28)
 #   frozen-1: cgn.mnist.upconv.frozen_inference (folded BatchNorm, fused kernels, polyphase)
 RENDERER = "frozen-1"
+
+
+LABEL_COLUMNS = ("shape", "texture", "background", "seed", "shape_seed")  # stored per image
+IMAGE_BYTES = 32 * 32 * 3 + len(LABEL_COLUMNS) * 8  # one image and its int64 columns on disk
+MAX_IMAGES = 100_000_000                             # 300 GB of images: beyond any experiment
 
 
 @dataclass
@@ -69,7 +76,7 @@ class GenerateConfig:
         "help": "bf16 autocast (fast on CPUs with AVX-512/AMX) or fp32"})
 
     def __post_init__(self):
-        check(self.n >= 1, f"n must be at least 1, got {self.n}")
+        check(1 <= self.n <= MAX_IMAGES, f"n must be between 1 and {MAX_IMAGES:,} (300 GB), got {self.n:.3g}")
         check(self.cf_ratio >= 1, f"cf_ratio must be at least 1, got {self.cf_ratio}")
         check(self.seed >= 0, f"seed must be non-negative, got {self.seed}")
         check(self.shard_size >= 1 and self.batch_size >= 1, "shard_size and batch_size must be >= 1")
@@ -185,15 +192,41 @@ def _shard_paths(out: Path, k: int) -> tuple[Path, Path]:
     return out / f"shard-{k:05d}.images.npy", out / f"shard-{k:05d}.labels.npz"
 
 
-def _shard_done(out: Path, k: int, n: int) -> bool:
+def _digest_path(out: Path, k: int) -> Path:
+    return out / f"shard-{k:05d}.sha256.json"
+
+
+def _shard_state(out: Path, k: int, n: int) -> str:
+    """``complete``, ``missing`` or ``damaged``. A shard written with digests
+    (``shard-NNNNN.sha256.json``, the last file of a shard) is checked against them; an older one
+    by its shape and by reading its labels."""
     img, lab = _shard_paths(out, k)
     if not (img.exists() and lab.exists()):
-        return False
+        return "missing"
+    dig = _digest_path(out, k)
+    if dig.exists():
+        try:
+            want = json.loads(dig.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return "damaged"
+        ok = want.get("n") == n and all(file_digest(p, "sha256") == want.get(p.name) for p in (img, lab))
+        return "complete" if ok else "damaged"
     try:
         arr = np.load(img, mmap_mode="r", allow_pickle=False)
-        return arr.shape == (n, 32, 32, 3)
-    except ValueError:
-        return False
+        with np.load(lab, allow_pickle=False) as z:
+            lengths = {len(z[c]) for c in LABEL_COLUMNS}
+    except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile):
+        return "damaged"
+    return "complete" if arr.shape == (n, 32, 32, 3) and lengths == {n} else "damaged"
+
+
+def _check_space(out: Path, cfg: GenerateConfig, n_left: int) -> None:
+    need = n_left * IMAGE_BYTES
+    free = shutil.disk_usage(out).free
+    if need > free:
+        raise CGNError(f"{out}: {n_left:,} more images need {need / 1e9:.1f} GB, but only "
+                       f"{free / 1e9:.1f} GB are free there; free space, choose another --out or a "
+                       "smaller --n")
 
 
 def generate(model, cfg: GenerateConfig, out: str | Path, *, source: dict,
@@ -205,7 +238,7 @@ def generate(model, cfg: GenerateConfig, out: str | Path, *, source: dict,
                 "n_shards": -(-cfg.n // cfg.shard_size), "renderer": RENDERER}
     mpath = out / "manifest.json"
     if mpath.exists():
-        old = json.loads(mpath.read_text())
+        old = read_json(mpath, "counterfactual dataset manifest")
         check_resume(Generation, Generation.record(old), Generation.record(manifest),
                      f"{out} already holds a different generation", "choose another --out or delete it")
         if old.get("renderer", "layers-1") != RENDERER:
@@ -215,13 +248,20 @@ def generate(model, cfg: GenerateConfig, out: str | Path, *, source: dict,
         write_json_atomic(mpath, manifest)
     model = model.to(device).eval()
     done = 0
+    states = [_shard_state(out, k, min(cfg.n, (k + 1) * cfg.shard_size) - k * cfg.shard_size)
+              for k in range(manifest["n_shards"])]
+    for k in (k for k, state in enumerate(states) if state == "damaged"):
+        log(f"note: shard {k} of {out} is damaged (its files do not match their digests); writing it again")
+    _check_space(out, cfg, sum(min(cfg.n, (k + 1) * cfg.shard_size) - k * cfg.shard_size
+                               for k, state in enumerate(states) if state != "complete"))
     # The mechanisms compiled once for the whole run (a snapshot of the weights: they do not change)
     with frozen_inference(model, _DTYPES[cfg.precision]):
         for k in range(manifest["n_shards"]):
             start, stop = k * cfg.shard_size, min(cfg.n, (k + 1) * cfg.shard_size)
-            if _shard_done(out, k, stop - start):
+            if states[k] == "complete":
                 done += 1
                 continue
+            _digest_path(out, k).unlink(missing_ok=True)
             images = np.empty((stop - start, 32, 32, 3), dtype=np.uint8)
             labels = plan(cfg, start, stop)
             bar = progress(range(start, stop, cfg.batch_size), desc=f"shard {k + 1}/{manifest['n_shards']}")
@@ -232,7 +272,10 @@ def generate(model, cfg: GenerateConfig, out: str | Path, *, source: dict,
             img_path, lab_path = _shard_paths(out, k)
             with atomic_write(img_path) as f:
                 np.save(f, images)
-            save_npz_atomic(lab_path, **labels)  # written last: marks the shard complete
+            save_npz_atomic(lab_path, **labels)
+            # written last: marks the shard complete, and lets every reader check its bytes
+            write_json_atomic(_digest_path(out, k), {"n": stop - start, **{
+                p.name: file_digest(p, "sha256") for p in (img_path, lab_path)}})
     if done:
         log(f"resumed: {done} of {manifest['n_shards']} shards were already complete")
     return manifest
@@ -261,14 +304,15 @@ class CounterfactualSet:
         if not mpath.is_file():
             raise CGNError(f"{self.root} is not a counterfactual dataset (no manifest.json); "
                            "create it with `cgn generate`")
-        self.manifest = json.loads(mpath.read_text())
+        self.manifest = read_json(mpath, "counterfactual dataset manifest")
         cfg = self.manifest["config"]
         self.shards: list[_Shard] = []
-        cols = {k: [] for k in ("shape", "texture", "background", "seed", "shape_seed")}
+        cols = {k: [] for k in LABEL_COLUMNS}
         for k in range(self.manifest["n_shards"]):
             n = min(cfg["n"], (k + 1) * cfg["shard_size"]) - k * cfg["shard_size"]
-            if not _shard_done(self.root, k, n):
-                raise CGNError(f"{self.root} is incomplete (shard {k} missing); rerun the same "
+            state = _shard_state(self.root, k, n)
+            if state != "complete":
+                raise CGNError(f"{self.root} is incomplete (shard {k} {state}); rerun the same "
                                "`cgn generate` command to resume it")
             img, lab = _shard_paths(self.root, k)
             self.shards.append(_Shard(img))

@@ -31,7 +31,6 @@ fixed noise: composite, mask, foreground, background; ``mask_timeline.png`` / ``
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from pathlib import Path
 
@@ -50,7 +49,7 @@ from cgn.core.rundir import RunDir
 from cgn.core.sampling import eval_mode
 from cgn.core.seeding import rng_state, seed_everything, set_rng_state
 from cgn.core.stats import WindowStats, check_finite
-from cgn.io import save_npz_atomic, write_json_atomic
+from cgn.io import read_json, save_npz_atomic, write_json_atomic
 from cgn.mnist.config import CGNTrainConfig, config_from_dict
 from cgn.mnist.discriminator import build_discriminator
 from cgn.mnist.figures import save_sample_grid, save_timeline_figure
@@ -180,7 +179,7 @@ class Trainer:
                                              "device": str(self.device)}}
 
     def _check_resume_config(self, cfg: CGNTrainConfig) -> CGNTrainConfig:
-        stored_record = json.loads((self.out / "config.json").read_text())
+        stored_record = read_json(self.out / "config.json", "run config")
         # parsed and re-serialised: fields added since the run started take their defaults
         stored = config_from_dict({k: v for k, v in stored_record["config"].items() if k != "resolved"})
         stored_dict = to_dict(stored)
