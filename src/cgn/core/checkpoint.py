@@ -80,7 +80,7 @@ def torch_load(path: str | os.PathLike, what: str = "checkpoint") -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        if "Unsupported global" in str(e) or "not an allowed global" in str(e):
+        if "GLOBAL" in str(e):  # the weights-only unpickler met a class or function
             raise CGNError(f"{what} {path} holds Python objects other than tensors and plain values, "
                            "so it was not loaded (unpickling them could run code); re-save it as a "
                            "state dict, or use a file from a source you trust that cgn can read") from None
