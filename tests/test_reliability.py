@@ -389,3 +389,61 @@ def test_two_generations_on_one_folder(tiny_cgn_file, tmp_path):
         first.kill()
         first.wait()
     assert not any(out.glob("shard-*.images.npy"))  # the second process wrote nothing
+
+
+# -- bad inputs to the MNIST commands -----------------------------------------------------------
+
+def test_classify_checks_its_images_and_labels(tmp_path, capsys):
+    import numpy as np
+    from cgn.cli import main
+    from cgn.mnist.classifier import CHECKPOINT_KIND, MnistClassifier
+    ck = tmp_path / "clf.pt"
+    save_checkpoint(ck, kind=CHECKPOINT_KIND, step=0, config={}, model=MnistClassifier().state_dict())
+    imgs = np.zeros((6, 32, 32, 3), np.uint8)
+    cases = {"mismatched": {"images": imgs, "labels": np.arange(5)},
+             "two-d": {"images": imgs, "labels": np.zeros((6, 2), np.int64)},
+             "strings": {"images": imgs, "labels": np.array(list("abcdef"))},
+             "no-images": {"labels": np.arange(6)}}
+    for name, arrays in cases.items():
+        np.savez(tmp_path / f"{name}.npz", **arrays)
+        assert main(["classify", "--checkpoint", str(ck), "--images", str(tmp_path / f"{name}.npz")]) == 2, name
+        err = capsys.readouterr().err
+        assert err.startswith("cgn: error: ") and err.count("\n") == 1, (name, err)
+    np.savez(tmp_path / "ok.npz", images=imgs, labels=np.arange(6))
+    data = (tmp_path / "ok.npz").read_bytes()
+    (tmp_path / "cut.npz").write_bytes(data[: len(data) // 2])
+    assert main(["classify", "--checkpoint", str(ck), "--images", str(tmp_path / "cut.npz")]) == 2
+    assert "not a readable .npz" in capsys.readouterr().err
+    np.savez(tmp_path / "nolabels.npz", images=imgs)
+    assert main(["classify", "--checkpoint", str(ck), "--images", str(tmp_path / "nolabels.npz")]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["n"] == 6 and "no labels" in err
+    assert main(["classify", "--checkpoint", str(ck), "--images", str(tmp_path / "ok.npz")]) == 0
+    assert 0 <= json.loads(capsys.readouterr().out)["accuracy"] <= 100
+
+
+def test_a_batch_larger_than_the_data_is_refused_before_any_step(tmp_path, capsys):
+    from cgn.cli import main
+    from conftest import require_mnist
+    require_mnist()
+    out = tmp_path / "run"
+    assert main(["train-cgn", "--preset", "double-colored-mnist", "--limit-train", "16",
+                 "--batch-size", "16", "--steps", "2", "--feature-extractor", "random",
+                 "--set", "train.shape_judge=false", "--out", str(out)]) == 0
+    assert main(["train-cgn", "--preset", "double-colored-mnist", "--limit-train", "20",
+                 "--set", "train.batch_size=32", "--feature-extractor", "random",
+                 "--out", str(tmp_path / "big")]) == 2
+    err = capsys.readouterr().err
+    assert "limit_train must be >= batch_size" in err or "fewer than one batch" in err
+    assert not (tmp_path / "big").exists()  # nothing left behind: the corrected rerun just runs
+
+
+def test_negative_max_steps_is_refused(tmp_path, capsys):
+    from cgn.cli import main
+    from conftest import require_mnist
+    require_mnist()
+    out = tmp_path / "clf"
+    assert main(["train-classifier", "--dataset", "double-colored-mnist", "--train-set", "real",
+                 "--limit-real", "64", "--epochs", "1", "--max-steps", "-5", "--out", str(out)]) == 2
+    assert "max_steps must be at least 1" in capsys.readouterr().err
+    assert not out.exists()

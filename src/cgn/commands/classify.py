@@ -55,29 +55,55 @@ def _classify(args) -> int:
     import numpy as np
 
     from cgn.core.device import resolve_device
-    from cgn.errors import CGNError
+    from cgn.errors import warn
     from cgn.io import save_npz_atomic
     from cgn.mnist.classify import load_classifier, predict_file
 
     device = resolve_device(args.device)
     model, _ = load_classifier(args.checkpoint, device)
-    try:
-        z = np.load(args.images, allow_pickle=False)
-        images = z["images"]
-        labels = z["labels"] if "labels" in z.files else None
-    except (OSError, ValueError, KeyError) as e:
-        raise CGNError(f"{args.images} is not an .npz with an `images` array ({type(e).__name__}); "
-                       "write one with `cgn data build`") from None
-    if images.ndim != 4 or images.shape[1:] != (32, 32, 3) or images.dtype != np.uint8:
-        raise CGNError(f"{args.images}: images must be uint8 [N, 32, 32, 3], got "
-                       f"{images.dtype} {list(images.shape)}")
+    z = _load_images(args.images)
+    images, labels = z["images"], z.get("labels")
     pred = predict_file(model, images, device=device)
     out = {"n": int(len(pred))}
     if labels is not None:
         out["accuracy"] = round(100.0 * float(np.mean(pred == labels)), 3)
+    else:
+        warn(f"{args.images} has no labels: predictions only, no accuracy")
     if args.predictions:
-        extra = {k: z[k] for k in ("labels", "fg_class", "bg_class") if k in z.files}
+        extra = {k: z[k] for k in ("labels", "fg_class", "bg_class") if k in z}
         save_npz_atomic(args.predictions, predictions=pred, **extra)
         out["predictions"] = args.predictions
     print(json.dumps(out))
     return 0
+
+
+def _load_images(path: str) -> dict:
+    """The arrays of an ``.npz`` in the ``cgn data build`` contract, checked: uint8 images
+    [N, 32, 32, 3] and, when present, integer class labels [N] (also fg_class / bg_class)."""
+    import zipfile
+
+    import numpy as np
+
+    from cgn.errors import CGNError
+    fix = "write one with `cgn data build`"
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in ("images", "labels", "fg_class", "bg_class") if k in z.files}
+    except FileNotFoundError:
+        raise CGNError(f"{path} does not exist; check the path") from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        raise CGNError(f"{path} is not a readable .npz ({type(e).__name__}; truncated or not an "
+                       f"archive); {fix}") from None
+    images = arrays.get("images")
+    if images is None:
+        raise CGNError(f"{path} has no `images` array; {fix}")
+    if images.ndim != 4 or images.shape[1:] != (32, 32, 3) or images.dtype != np.uint8:
+        raise CGNError(f"{path}: images must be uint8 [N, 32, 32, 3], got {images.dtype} {list(images.shape)}")
+    for key in ("labels", "fg_class", "bg_class"):
+        a = arrays.get(key)
+        if a is None:
+            continue
+        if a.ndim != 1 or len(a) != len(images) or not np.issubdtype(a.dtype, np.integer):
+            raise CGNError(f"{path}: `{key}` must be integer class indices, one per image ([{len(images)}]), "
+                           f"got {a.dtype} {list(a.shape)}; {fix}")
+    return arrays

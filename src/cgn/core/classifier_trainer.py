@@ -112,6 +112,11 @@ class Trainer:
                  extra_state: Callable[[], dict] | None = None):
         if epochs <= 0:
             raise CGNError(f"epochs must be positive, got {epochs}")
+        if max_steps is not None and max_steps < 1:
+            raise CGNError(f"max_steps must be at least 1, got {max_steps}")
+        if data.steps_per_epoch <= 0:
+            raise CGNError("the training data gives no batches (fewer images than one batch); "
+                           "lower the batch size or use more training images")
         self.dist = dist or DistInfo(device=next(model.parameters()).device)
         self.module = model.to(self.dist.device)
         self.model: nn.Module = self.module

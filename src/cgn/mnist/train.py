@@ -49,6 +49,7 @@ from cgn.core.rundir import RunDir
 from cgn.core.sampling import eval_mode
 from cgn.core.seeding import rng_state, seed_everything, set_rng_state
 from cgn.core.stats import WindowStats, check_finite
+from cgn.errors import CGNError
 from cgn.io import read_json, save_npz_atomic, write_json_atomic
 from cgn.mnist.config import CGNTrainConfig, config_from_dict
 from cgn.mnist.discriminator import build_discriminator
@@ -132,6 +133,9 @@ class Trainer:
         # data and schedule
         self.data = InMemoryData(t.dataset, t.data_seed, t.limit_train, t.textures)
         self.steps_per_epoch = len(self.data) // t.batch_size
+        if self.steps_per_epoch == 0:
+            raise CGNError(f"the training split holds {len(self.data)} images, fewer than one batch "
+                           f"of {t.batch_size}; lower --batch-size or raise --limit-train")
         self.total_steps = t.max_steps if t.max_steps is not None else t.epochs * self.steps_per_epoch
         self.data_gen = torch.Generator().manual_seed(_sub_seed(t.seed, 1))
 
