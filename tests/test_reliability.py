@@ -447,3 +447,22 @@ def test_negative_max_steps_is_refused(tmp_path, capsys):
                  "--limit-real", "64", "--epochs", "1", "--max-steps", "-5", "--out", str(out)]) == 2
     assert "max_steps must be at least 1" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_a_damaged_shape_judge_cache_is_rebuilt(tmp_path, monkeypatch):
+    import numpy as np
+    from conftest import require_mnist
+    from cgn.mnist.quality import ShapeJudge
+    require_mnist()
+    judge = ShapeJudge.load()  # the session's cache (built once, shared with other tests)
+    monkeypatch.setenv("CGN_HOME", str(tmp_path))
+    (tmp_path / "judges").mkdir()
+    np.savez(tmp_path / "judges" / "probe.npz", weights=judge.weights.numpy(), proj=judge.proj.numpy())
+    good = (tmp_path / "judges" / "probe.npz").read_bytes()
+    name = f"mnist-shape-judge-v{ShapeJudge.VERSION}-f{ShapeJudge.N_FEATURES}-r{ShapeJudge.RIDGE:g}.npz"
+    path = tmp_path / "judges" / name   # a judge with other settings never reads this file
+    path.write_bytes(good[: len(good) // 3])  # truncated: rebuilt, not trusted
+    again = ShapeJudge.load()
+    assert torch.equal(again.weights, judge.weights) and torch.equal(again.proj, judge.proj)
+    np.savez(path, weights=np.zeros((3, 10), np.float32), proj=np.zeros((3, 3), np.float32))
+    assert ShapeJudge._read_cache(path) is None  # another judge's shapes: not reused

@@ -51,10 +51,12 @@ class ShapeJudge:
     @classmethod
     def load(cls) -> "ShapeJudge":
         from cgn.paths import cache_dir
-        path = cache_dir("judges") / f"mnist-shape-judge-v{cls.VERSION}.npz"
-        if path.exists():
-            with np.load(path, allow_pickle=False) as z:
-                return cls(torch.from_numpy(z["weights"]), torch.from_numpy(z["proj"]))
+        # the file name carries every setting that shapes the judge; a damaged or foreign file
+        # is rebuilt (it is a cache), never trusted
+        path = cache_dir("judges") / f"mnist-shape-judge-v{cls.VERSION}-f{cls.N_FEATURES}-r{cls.RIDGE:g}.npz"
+        cached = cls._read_cache(path)
+        if cached is not None:
+            return cached
         from cgn.mnist.source import load_mnist
         mnist = load_mnist()
         from cgn.mnist.variants import _resize_nearest
@@ -68,6 +70,20 @@ class ShapeJudge:
         w = torch.linalg.solve(a, (f.T @ y).double()).float()
         save_npz_atomic(path, weights=w.numpy(), proj=proj.numpy())
         return cls(w, proj)
+
+    @classmethod
+    def _read_cache(cls, path) -> "ShapeJudge | None":
+        import zipfile
+        if not path.exists():
+            return None
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                w, proj = z["weights"], z["proj"]
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+            return None
+        if proj.shape != (32 * 32, cls.N_FEATURES) or w.shape != (32 * 32 + cls.N_FEATURES + 1, 10):
+            return None
+        return cls(torch.from_numpy(w), torch.from_numpy(proj))
 
     def predict(self, masks: torch.Tensor) -> torch.Tensor:
         """masks [N, 1, 32, 32] (or [N, 32, 32]) in [0, 1] -> predicted digit [N]."""
