@@ -1,4 +1,4 @@
-"""IN-9 backgrounds challenge (SPEC §8): the 1000 -> 9 mapping, every image counted, BG-gap."""
+"""IN-9 backgrounds challenge (docs/reference.md#in-9-bg-gap): the 1000 -> 9 mapping, every image counted, BG-gap."""
 
 from __future__ import annotations
 

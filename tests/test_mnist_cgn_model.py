@@ -159,7 +159,7 @@ def test_reference_checkpoints_load_strictly(shared_data):
         state = torch.load(ref_path(shared_data, name), map_location="cpu", weights_only=True)
         back = to_reference(m.state_dict())
         assert set(back) == set(state) and all(torch.equal(back[k], state[k]) for k in state)
-        # masks of the authors' CGN through our code: sparse, non-degenerate (SPEC: 0.07-0.24)
+        # masks of the authors' CGN through our code: sparse, non-degenerate (docs/reference.md#the-authors-mnist-checkpoints: 0.07-0.24)
         s = sample_plain(m, torch.arange(10).repeat(20), seed=0)
         per_class = [float(s.mask[s.labels["shape"] == k].mean()) for k in range(10)]
         assert 0.05 < min(per_class) and max(per_class) < 0.3, per_class

@@ -79,7 +79,7 @@ def test_classify_errors(tmp_path, capsys):
 
 
 def test_classifier_pool_before_relu_is_the_spec_function():
-    """The classifier max-pools before its first ReLU (faster); the SPEC order Conv -> ReLU ->
+    """The classifier max-pools before its first ReLU (faster); the paper's order Conv -> ReLU ->
     MaxPool must give the same outputs and gradients with the same weights."""
     torch.manual_seed(0)
     ours = MnistClassifier().double()

@@ -1,6 +1,6 @@
 """``cgn sample``: output contract, errors, and the authors' double-colored CGN sampled through
 our code: background label k paints the non-mask pixels in class k's background colour
-(SPEC section 3), texture label k paints the digit in class k's object colour, and the mask of
+(docs/reference.md#double-colored-mnist), texture label k paints the digit in class k's object colour, and the mask of
 shape label k is recognisably the digit k."""
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from cgn.mnist.model import MnistCGN
 
 from conftest import require_mnist
 
-# SPEC section 3: double-colored MNIST background colour of class k; object colour of class i is
+# docs/reference.md#double-colored-mnist: double-colored MNIST background colour of class k; object colour of class i is
 # the background colour of class (i - 6) mod 10.
 BACKGROUND_NAMES = ["darkgreen", "darkblue", "#b03060", "orangered", "yellow", "burlywood", "lime",
                     "aqua", "fuchsia", "#6495ed"]

@@ -1,4 +1,4 @@
-"""Shape bias (SPEC §8): the 16-category decision rule, the counting, the cue-conflict loader."""
+"""Shape bias (docs/reference.md#shape-bias): the 16-category decision rule, the counting, the cue-conflict loader."""
 
 from __future__ import annotations
 

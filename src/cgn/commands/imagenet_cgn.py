@@ -1,4 +1,4 @@
-"""``cgn imagenet train | generate | metrics``: the ImageNet CGN (SPEC §6).
+"""``cgn imagenet train | generate | metrics``: the ImageNet CGN (docs/reference.md#imagenet-cgn).
 
 Multi-GPU training: ``torchrun --nproc_per_node=N -m cgn imagenet train ...`` (NCCL on GPUs,
 gloo on CPUs).

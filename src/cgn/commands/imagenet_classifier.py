@@ -1,6 +1,7 @@
 """``cgn imagenet train-classifier`` and ``cgn imagenet evaluate-classifier``: the invariant
-classifier ensemble (SPEC §7) and its evaluations (SPEC §8). Multi-GPU: start the same command
-with ``torchrun --nproc_per_node=N -m cgn imagenet ...``."""
+classifier ensemble (docs/reference.md#classifier-ensemble) and its evaluations
+(docs/reference.md#evaluations). Multi-GPU: start the same command with
+``torchrun --nproc_per_node=N -m cgn imagenet ...``."""
 
 from __future__ import annotations
 

@@ -10,7 +10,8 @@ Layout of one dataset folder ``DIR``::
 ``labels.csv`` holds one row per image: the file name, the per-image seed the generator used (so
 the image can be regenerated bit for bit), and the ImageNet-1k class indices (0..999) given to the
 shape, texture and background mechanisms. The *label* of a counterfactual image for a classifier
-trained on shape is ``shape_class``; the ensemble of SPEC §7 uses all three.
+trained on shape is ``shape_class``; the ensemble
+(docs/reference.md#classifier-ensemble) uses all three.
 
 Writing is resumable and crash-safe:
 

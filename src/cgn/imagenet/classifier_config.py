@@ -1,4 +1,5 @@
-"""Config of the invariant classifier ensemble's training and evaluation (SPEC §7, §8).
+"""Config of the invariant classifier ensemble's training and evaluation
+(docs/reference.md#classifier-ensemble and #evaluations).
 
 Defaults are the authors' command (ResNet-50, ImageNet-pretrained, SGD lr 1e-3 momentum 0.9,
 weight decay 1e-4, x0.1 every 15 epochs, 45 epochs, batch 32 per process, ``cf_ratio`` 1).
@@ -174,9 +175,8 @@ PRESETS: dict[str, Preset] = {
                    "data.resize_size": 36, "data.workers": 0, "optim.epochs": 1,
                    "optim.batch_size": 8, "optim.lr": 0.01, "eval.batch_size": 16,
                    "log_every": 1, "checkpoint_every": 0},
-        command="cgn imagenet train-classifier --preset smoke --train-dir "
-                "../shared/data/imagenet_sample_subset --val-dir ../shared/data/imagenet_sample_subset "
-                "--cue-conflict ../shared/data/cue_conflict_subset --out RUN",
+        command="cgn imagenet train-classifier --preset smoke --train-dir SAMPLE_SUBSET --val-dir "
+                "SAMPLE_SUBSET --cue-conflict CUE_CONFLICT_SUBSET --out RUN",
         reproduces="nothing: a one-epoch CPU check that training, resume and every evaluation run"),
 }
 

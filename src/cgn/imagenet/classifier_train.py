@@ -1,4 +1,4 @@
-"""Training and evaluating the invariant classifier ensemble (SPEC §7) with the shared loop.
+"""Training and evaluating the invariant classifier ensemble with the shared loop.
 
 One step (per process):
 
@@ -17,6 +17,8 @@ decay; the lr is multiplied by ``lr_gamma`` every ``lr_step_epochs`` epochs.
 Counterfactual sampling per epoch follows the original: an epoch draws ``C * steps`` images
 (per process) from the counterfactual training split, a fresh random selection every epoch,
 repeating images when the split is smaller.
+
+Reference: docs/reference.md#classifier-ensemble.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Configs of the ImageNet CGN (SPEC §6) and its presets.
+"""Configs of the ImageNet CGN (docs/reference.md#imagenet-cgn) and its presets.
 
 Every field is typed and validated; ``cgn imagenet train --set section.field=value`` overrides
 any of them. The loss weights and learning rates default to the authors' code config (the
@@ -127,7 +127,8 @@ class TrainConfig:
     sample_truncation: float = field(default=0.5, metadata={"help": "truncation of sample sheets"})
     fixed_noise: str = field(default="", metadata={
         "help": "(1, z_dim) noise file of the sample sheets; empty = the authors' "
-                "imagenet_u_fixed.pth from ../shared/data when present and fitting, else seeded"})
+                "imagenet_u_fixed.pth from the reference data folder ($CGN_SHARED_DATA) when "
+                "present and fitting, else seeded"})
 
     def __post_init__(self):
         check(self.episodes >= 1 and self.batch_size >= 1 and self.batch_acc >= 1,

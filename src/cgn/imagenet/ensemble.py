@@ -1,4 +1,4 @@
-"""The invariant classifier ensemble (SPEC §7): one backbone, three fresh heads.
+"""The invariant classifier ensemble: one backbone, three fresh heads.
 
     x [B,3,H,W] -> backbone (a torchvision classifier without its last Linear) -> features [B,D]
     features -> shape head, texture head, background head (fresh Linear D->1000 each)
@@ -19,6 +19,8 @@ Pretrained weights: ``weights="imagenet"`` takes torchvision's default ImageNet 
 architecture (downloaded once into ``$TORCH_HOME``); a file path loads a full-model state dict
 (e.g. torchvision's ``resnet50-0676ba61.pth``) saved on a connected machine; ``None`` is random
 initialisation (``--no-pretrained``).
+
+Reference: docs/reference.md#classifier-ensemble.
 """
 
 from __future__ import annotations
@@ -118,7 +120,7 @@ def _cut_classifier(model: nn.Module) -> int:
 
 
 class InvariantEnsemble(nn.Module):
-    """Backbone + shape / texture / background heads (SPEC §7)."""
+    """Backbone + shape / texture / background heads."""
 
     def __init__(self, arch: str = "resnet50", weights: str | os.PathLike | None = "imagenet"):
         super().__init__()

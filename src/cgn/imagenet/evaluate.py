@@ -1,9 +1,11 @@
-"""Evaluations of ImageNet classifiers (SPEC §8): every metric a config has data for.
+"""Evaluations of ImageNet classifiers: every metric a config has data for.
 
 The metrics are registered in :mod:`cgn.core.metrics` (:mod:`cgn.imagenet.accuracy`,
 :mod:`cgn.imagenet.shape_bias`, :mod:`cgn.imagenet.in9`); each names the data it needs
 (``val_set``, ``cf_val_set``, ``cue_conflict``, ``in9_sets``). :func:`evaluate_all` builds
 those from the config (:data:`DATA`) and calls the registry for each metric name.
+
+Reference: docs/reference.md#evaluations.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The six losses of the ImageNet CGN (SPEC §6), weighted as in the authors' code config.
+"""The six losses of the ImageNet CGN, weighted as in the authors' code config.
 
 With x_gen = m ⊙ f + (1 − m) ⊙ b and x_gt = the frozen BigGAN's image of the same class/noise::
 
@@ -16,6 +16,8 @@ texture without its shape, so f learns texture only.
 
 The generic pieces (binary entropy, interval loss, Gram style loss on VGG16) come from
 :mod:`cgn.core.losses`; this module adds the patch grid, the background loss, and the bundle.
+
+Reference: docs/reference.md#imagenet-losses.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The ImageNet CGN (SPEC §6): a frozen reference BigGAN, three BigGAN mechanisms, U²-Net.
+"""The ImageNet CGN: a frozen reference BigGAN, three BigGAN mechanisms, U²-Net.
 
 ::
 
@@ -17,6 +17,8 @@ mixtures of one-hots for interpolations in class-embedding space).
 The model also implements :class:`cgn.core.sampling.CounterfactualModel` (mechanisms
 ``shape / foreground / background``, one truncated noise vector per item), so the generic
 counterfactual sampler works with it.
+
+Reference: docs/reference.md#imagenet-mechanisms.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Quality metrics of the ImageNet CGN (SPEC §6, §8): Inception Score and μ_mask.
+"""Quality metrics of the ImageNet CGN: Inception Score and μ_mask.
 
 - **Inception Score** ``IS = exp(E_x KL(p(y|x) || p(y)))``, computed on each of ``splits``
   (default 10) consecutive equal parts of the images (``p(y)`` = the part's mean prediction),
@@ -13,6 +13,8 @@ its ImageNet weights from a local file (``inception_v3_google-0cc3c7bd.pth`` in
 download. Note: the published IS numbers use the TF Inception graph; torchvision's port gives
 close but not identical values. A random Inception-v3 is offered only to exercise the pipeline;
 its scores mean nothing and are labelled as such.
+
+Reference: docs/reference.md#inception-score-and-mask-mean.
 """
 
 from __future__ import annotations

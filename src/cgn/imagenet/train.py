@@ -1,4 +1,4 @@
-"""Training of the ImageNet CGN (SPEC §6), on one device or several processes (``torchrun``).
+"""Training of the ImageNet CGN, on one device or several processes (``torchrun``).
 
 One *micro-step* samples, per item, one class y (the same for all mechanisms) and one truncated
 noise vector u, runs the CGN, and back-propagates the six weighted losses divided by
@@ -15,6 +15,8 @@ rank enters the seed), gradients are averaged by DistributedDataParallel (NCCL o
 CPUs), rank 0 writes the run directory. Frozen parts (G_gt, U²-Net) are not in DDP's buckets;
 buffers are not re-broadcast each step (standing statistics never change, and the spectral-norm
 vectors evolve identically on every rank from identical weights).
+
+Reference: docs/reference.md#imagenet-cgn.
 """
 
 from __future__ import annotations

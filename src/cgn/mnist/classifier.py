@@ -1,4 +1,4 @@
-"""The MNIST classifier of the paper (SPEC §5), input [B, 3, 32, 32] in [-1, 1]:
+"""The MNIST classifier of the paper, input [B, 3, 32, 32] in [-1, 1]:
 
     BatchNorm(3)
     Conv 5x5, 3 -> 32            [B, 32, 28, 28]   + ReLU
@@ -8,6 +8,8 @@
     Conv 3x3, 64 -> 64, pad 1    [B, 64, 7, 7]     + ReLU
     AvgPool 7                    [B, 64, 1, 1]
     Linear 64 -> 10, log-softmax [B, 10]
+
+Reference: docs/reference.md#mnist-classifier.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ class MnistClassifier(nn.Module):
         super().__init__()
         self.features = nn.Sequential(
             nn.BatchNorm2d(3),
-            # SPEC order is Conv -> ReLU -> MaxPool; max-pooling first is the same function
+            # the paper's order is Conv -> ReLU -> MaxPool; max-pooling first is the same function
             # (ReLU is monotonic, and where the window's max is negative both give 0 and 0
             # gradient) but runs the ReLU on 13x13 instead of 28x28 maps: ~10 % faster training.
             # Both modules are parameter-free, so the state-dict keys are unchanged.

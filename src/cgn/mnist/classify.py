@@ -1,4 +1,4 @@
-"""Invariant classifiers on MNIST (SPEC §5): training sets, training, OOD evaluation.
+"""Invariant classifiers on MNIST: training sets, training, OOD evaluation.
 
 Training sets (``train_set``):
   real      the variant's training split only ("Original")
@@ -10,6 +10,8 @@ Recipe (the paper's): Adadelta lr 1.0, StepLR γ 0.7 per epoch, batch 64, 10 epo
 The training loop is the shared one (:mod:`cgn.core.classifier_trainer`). Reported: accuracy
 on a fixed random subset of the training set (``train_eval_size`` images, eval mode) and on the
 variant's fixed OOD test split.
+
+Reference: docs/reference.md#mnist-counterfactuals-and-classifier.
 """
 
 from __future__ import annotations

@@ -1,10 +1,10 @@
 """Configs of the MNIST CGN (model, losses, optimiser, training) and the three presets.
 
 The presets carry the original hyper-parameters (``mnists/experiments/cgn_*/cfg.yaml`` of the
-authors' release, SPEC section 4): 15 epochs of batch 16 on the 50k (double-colored,
-wildlife) or 60k (colored) training images. Each also carries the *recipe*: the overrides
-(``--recipe``) that train a usable CGN in under 30 minutes on 2 CPU cores; docs/mnist_cgn.md has
-the measurements behind it.
+authors' release; table in docs/reference.md#mnist-cgn-presets): 15 epochs of batch 16 on the 50k
+(double-colored, wildlife) or 60k (colored) training images. Each also carries the *recipe*: the
+overrides (``--recipe``) that train a usable CGN in under 30 minutes on 2 CPU cores;
+docs/mnist_cgn.md has the measurements behind it.
 """
 
 from __future__ import annotations
@@ -144,12 +144,13 @@ PRESETS: dict[str, Preset] = {p.name: p for p in [
     _preset("colored-mnist", 0.1, [0.05, 0.1, 0.01, 0.0], "linear", "orthogonal", 0.1, 512,
             {**_RECIPE_COMMON, "train.max_steps": 12000, "model.background_bias": "data"},
             "the authors' colored-MNIST CGN: masks of mean ~0.1-0.25 per class, digits in the "
-            "class colours of SPEC section 3 (15 epochs, ~4 h on 2 CPU cores at 0.32 s/step originally)",
+            "class colours of docs/reference.md#colored-mnist (15 epochs, ~4 h on 2 CPU cores at "
+            "0.32 s/step originally)",
             "non-collapsed masks (mean 0.1-0.35) and clean grids in < 30 min on 2 cores"),
     _preset("double-colored-mnist", 0.3, [0.0, 0.05, 0.0, 0.05], "linear", "orthogonal", 0.2, 512,
             {**_RECIPE_COMMON, "train.max_steps": 8000, "loss.feature_scale": 4.0},
-            "the authors' double-colored CGN: fg/bg colours of SPEC section 3 per label, masks of "
-            "mean ~0.1-0.25 (15 epochs)",
+            "the authors' double-colored CGN: fg/bg colours of docs/reference.md#double-colored-mnist "
+            "per label, masks of mean ~0.1-0.25 (15 epochs)",
             "non-collapsed masks (mean 0.1-0.35), label colours, clean grids in < 30 min on 2 cores"),
     _preset("wildlife-mnist", 0.3, [0.01, 0.05, 0.0, 0.01], "conv", "normal", 0.03, 32,
             {**_RECIPE_COMMON, "train.max_steps": 6000, "loss.feature_scale": 16.0},

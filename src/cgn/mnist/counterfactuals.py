@@ -1,4 +1,4 @@
-"""Counterfactual datasets from an MNIST CGN (SPEC §5), written in resumable shards.
+"""Counterfactual datasets from an MNIST CGN, written in resumable shards.
 
 Protocol. Images come in groups of ``cf_ratio``: a group draws one shape label and one mask;
 each of its ``cf_ratio`` images then re-samples the foreground and background with their own
@@ -21,6 +21,8 @@ Layout of ``DIR``::
 
 A shard's labels file is written (atomically) after its images file, so it marks the shard
 complete; an interrupted run resumes at the first incomplete shard.
+
+Reference: docs/reference.md#counterfactual-datasets.
 """
 
 from __future__ import annotations

@@ -1,6 +1,8 @@
-"""Published MNIST numbers (SPEC §9): train / OOD-test accuracy in percent.
+"""Published MNIST numbers: train / OOD-test accuracy in percent.
 
 ``None`` marks a number the source does not give.
+
+Reference: docs/reference.md#published-mnist-accuracies.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""``cgn reproduce mnist``: the paper's MNIST table (SPEC §9) in one command, resumable.
+"""``cgn reproduce mnist``: the paper's MNIST table in one command, resumable.
 
 For each dataset: get a CGN (the authors' checkpoint, or train one with the preset recipe),
 generate the counterfactual set (and the plain-GAN set when "real+gan" is asked for), train the
@@ -17,6 +17,8 @@ Every step whose output is complete is skipped, so rerunning the same command re
 With ``jobs > 1`` the datasets run concurrently, one per worker process (spawned, never forked),
 each with ``threads`` torch threads (default: the CPU count divided by the number of workers);
 the parent writes the tables from the rows each worker returns, in the order of ``datasets``.
+
+Reference: docs/reference.md#published-mnist-accuracies.
 """
 
 from __future__ import annotations

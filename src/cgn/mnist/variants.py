@@ -1,4 +1,4 @@
-"""Colored, Double-colored and Wildlife MNIST (SPEC §3), built whole-split with vectorised code.
+"""Colored, Double-colored and Wildlife MNIST, built whole-split with vectorised code.
 
 Every split is a pure function of (variant, split, seed, texture set, test-split choice): the
 random colours / textures of the OOD test sets are drawn once from the seed, so every evaluation
@@ -9,6 +9,8 @@ Arrays (the export contract of ``cgn data build``):
   labels   int64 [N]  the digit
   fg_class int64 [N]  the class whose colour / texture painted the digit
   bg_class int64 [N]  the class whose colour / texture painted the background, -1 if none
+
+Reference: docs/reference.md#mnist-variants.
 """
 
 from __future__ import annotations
