@@ -1,0 +1,136 @@
+"""Stops at random moments, for every long command: a real process gets SIGTERM or SIGINT (or
+SIGKILL) at a random point, is resumed with the same command plus ``--resume`` where the command
+has one, and must end bit-identical to an uninterrupted run. (train-cgn has its own, finer cases
+in test_mnist_cgn_train.py.) The random delays are seeded; a failure message names the delay."""
+
+from __future__ import annotations
+
+import json
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+
+from cgn.cli import main
+from cgn.config import to_dict
+from cgn.core.checkpoint import load_checkpoint, save_checkpoint
+from cgn.core.lock import release_all
+from conftest import require_mnist
+from faults import stop_at_random
+
+pytestmark = pytest.mark.slow
+
+
+def _interrupt(args, ready, sig, seed, max_delay):
+    """Interrupt ``cgn *args`` at a random moment after ``ready()``; sooner if it finished first."""
+    for _ in range(4):
+        rc, err, delay = stop_at_random(args, ready=ready, sig=sig, seed=seed, max_delay=max_delay)
+        if rc != 0:
+            return rc, err, delay
+        max_delay /= 4
+    pytest.fail(f"the command finished before every signal: {args}")
+
+
+def _result(run: Path) -> dict:
+    for name in ("results.json", "result.json"):
+        if (run / name).exists():
+            return json.loads((run / name).read_text())
+    raise AssertionError(f"no result file in {run}")
+
+
+def _same_tensors(a: dict, b: dict, where: str) -> None:
+    assert set(a) == set(b), where
+    for k in a:
+        assert torch.equal(a[k], b[k]), f"{where}: {k}"
+
+
+def _metric_rows(run: Path, drop=("sec_per_step", "seconds")) -> list[dict]:
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line]
+    return [{k: v for k, v in r.items() if k not in drop} for r in rows]
+
+
+@pytest.fixture(scope="module")
+def tiny_cgn(tmp_path_factory):
+    from cgn.mnist.model import MnistCGN
+    from cgn.presets import preset
+    torch.manual_seed(0)
+    cfg = preset("double-colored-mnist")
+    path = tmp_path_factory.mktemp("cgn") / "cgn.pt"
+    save_checkpoint(path, kind="mnist-cgn", step=0, config=to_dict(cfg),
+                    model=MnistCGN(cfg.model).eval().state_dict())
+    return path
+
+
+@pytest.mark.parametrize("how,seed", [("sigterm", 11), ("ctrl-c", 12)])
+def test_generate_resumes_bit_identically(tiny_cgn, tmp_path, how, seed):
+    args = ["generate", "--checkpoint", str(tiny_cgn), "--n", "6000", "--shard-size", "1500"]
+    assert main([*args, "--out", str(tmp_path / "ref")]) == 0
+    out = tmp_path / "cut"
+    rc, err, delay = _interrupt([*args, "--out", str(out)], sig={"sigterm": signal.SIGTERM, "ctrl-c": signal.SIGINT}[how],
+                                ready=lambda: (out / "shard-00000.sha256.json").exists(), seed=seed, max_delay=1.0)
+    assert rc == 130 and "cgn: interrupted" in err, f"{how} after {delay:.3f} s: {err[-300:]}"
+    assert main([*args, "--out", str(out)]) == 0  # the same command resumes
+    release_all()
+    ref = sorted(p.name for p in (tmp_path / "ref").glob("shard-*"))
+    assert ref == sorted(p.name for p in out.glob("shard-*"))
+    for name in ref:
+        assert (tmp_path / "ref" / name).read_bytes() == (out / name).read_bytes(), name
+    assert not list(out.glob(".*.tmp"))
+
+
+def test_train_classifier_resumes_bit_identically(tmp_path):
+    require_mnist()
+    args = ["train-classifier", "--dataset", "double-colored-mnist", "--train-set", "real",
+            "--limit-real", "1280", "--epochs", "2", "--threads", "1", "--set", "checkpoint_every=7"]
+    assert main([*args, "--out", str(tmp_path / "ref")]) == 0
+    out = tmp_path / "cut"
+    rc, err, delay = _interrupt([*args, "--out", str(out)], sig=signal.SIGTERM, seed=21, max_delay=1.5,
+                                ready=lambda: "training" in ((out / "log.txt").read_text() if (out / "log.txt").exists() else ""))
+    assert rc == 130, f"sigterm after {delay:.3f} s: {err[-300:]}"
+    assert main([*args, "--out", str(out), "--resume"]) == 0
+    release_all()
+    a = load_checkpoint(tmp_path / "ref" / "checkpoints" / "last.pt")
+    b = load_checkpoint(out / "checkpoints" / "last.pt")
+    _same_tensors(a["model"], b["model"], "model")
+    assert a["step"] == b["step"]
+    ra, rb = _result(tmp_path / "ref"), _result(out)
+    assert (ra["train_acc"], ra["test_acc"]) == (rb["train_acc"], rb["test_acc"])
+    assert _metric_rows(tmp_path / "ref") == _metric_rows(out)
+
+
+def test_imagenet_train_resumes_bit_identically(tmp_path):
+    sets = ["--set", "model.tiny_resolution=8", "--set", "loss.text_work_size=8", "--set", "loss.text_top=10"]
+    args = ["imagenet", "train", "--preset", "tiny", "--episodes", "6", "--batch-acc", "2", "--quiet", *sets]
+    assert main([*args, "--out", str(tmp_path / "ref")]) == 0
+    out = tmp_path / "cut"
+    rc, err, delay = _interrupt([*args, "--out", str(out)], sig=signal.SIGINT, seed=31, max_delay=1.0,
+                                ready=lambda: (out / "metrics.jsonl").exists())
+    assert rc == 130, f"ctrl-c after {delay:.3f} s: {err[-300:]}"
+    assert main([*args, "--out", str(out), "--resume"]) == 0
+    release_all()
+    a = load_checkpoint(tmp_path / "ref" / "checkpoints" / "last.pt", kind="imagenet-cgn")
+    b = load_checkpoint(out / "checkpoints" / "last.pt", kind="imagenet-cgn")
+    assert a["step"] == b["step"] == 6
+    _same_tensors(a["model"], b["model"], "model")
+    assert _metric_rows(tmp_path / "ref") == _metric_rows(out)
+
+
+def test_reproduce_resumes_bit_identically(tmp_path):
+    require_mnist()
+    args = ["reproduce", "mnist", "--dataset", "double-colored-mnist", "--cgn", "trained",
+            "--cgn-steps", "8", "--train-set", "real+cf", "--size", "60", "--cf-ratio", "5",
+            "--epochs", "1", "--limit-real", "256", "--threads", "1"]
+    assert main([*args, "--out", str(tmp_path / "ref")]) == 0
+    out = tmp_path / "cut"
+    rc, err, delay = _interrupt([*args, "--out", str(out)], sig=signal.SIGTERM, seed=41, max_delay=4.0,
+                                ready=lambda: (out / "log.txt").exists())
+    assert rc == 130, f"sigterm after {delay:.3f} s: {err[-300:]}"
+    assert main([*args, "--out", str(out)]) == 0  # the same command resumes
+    release_all()
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "command"} for r in rows]  # noqa: E731
+    ta = json.loads((tmp_path / "ref" / "table3.json").read_text())
+    tb = json.loads((out / "table3.json").read_text())
+    assert strip(ta) == strip(tb)
+    cgn = Path("double-colored-mnist") / "trained" / "cgn" / "checkpoints" / "final.pt"
+    _same_tensors(load_checkpoint(tmp_path / "ref" / cgn)["model"], load_checkpoint(out / cgn)["model"], "cgn")
