@@ -18,7 +18,7 @@ import shutil
 from pathlib import Path
 
 from cgn.io import write_json_atomic, write_text_atomic
-from cgn.mnist.reproduce import ablation_markdown, ablation_plot, table3_markdown, table4_markdown
+from cgn.mnist.tables import ablation_markdown, ablation_plot, table3_markdown, table4_markdown
 
 
 def main() -> None:

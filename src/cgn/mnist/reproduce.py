@@ -24,14 +24,9 @@ Reference: docs/reference.md#published-mnist-accuracies.
 from __future__ import annotations
 
 import json
-import multiprocessing
 import os
 import shutil
-import signal
-import sys
 import time
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Literal
@@ -39,17 +34,34 @@ from typing import Literal
 import numpy as np
 
 from cgn.config import check
-from cgn.core.interrupt import restore_sigterm, sigterm_as_interrupt
 from cgn.core.lock import share_with_children
 from cgn.core.rundir import RunDir
+from cgn.core.workers import run_in_workers
 from cgn.errors import CGNError
-from cgn.io import write_json_atomic, write_text_atomic
-from cgn.mnist import published, variants
+from cgn.io import write_json_atomic
+from cgn.mnist import tables, variants
 from cgn.mnist.classify import TRAIN_SETS, ClassifierConfig, train_classifier
 from cgn.mnist.counterfactuals import CounterfactualSet, GenerateConfig, checkpoint_source, generate
 
 REFERENCE_FILES = {"colored-mnist": "colored_mnist.pth", "double-colored-mnist": "double_colored_mnist.pth",
                    "wildlife-mnist": "wildlife_mnist.pth"}
+
+
+def reference_checkpoint(reference_dir: str, dataset: str) -> Path:
+    """The authors' CGN checkpoint of ``dataset`` in ``reference_dir`` (``--cgn reference DIR``)."""
+    path = Path(reference_dir) / REFERENCE_FILES[dataset]
+    if not path.is_file():
+        raise CGNError(f"{path} not found; --cgn reference DIR needs {REFERENCE_FILES[dataset]} in DIR")
+    return path
+
+
+def finished_cgn_run(dataset: str, run_dir: str | Path) -> Path:
+    """The results.json of a finished ``cgn train-cgn`` run given as ``--cgn-run dataset=run_dir``."""
+    path = Path(run_dir) / "results.json"
+    if not path.is_file():
+        raise CGNError(f"--cgn-run {dataset}={run_dir}: no results.json there; finish that "
+                       "`cgn train-cgn` run first (rerun it with --resume)")
+    return path
 
 
 @dataclass
@@ -122,13 +134,9 @@ class Reproduction:
     def __init__(self, cfg: ReproduceConfig, out: str | Path, command: str, resume: bool = True):
         self.cfg, self.out, self.command = cfg, Path(out), command
         for dataset, run_dir in cfg.cgn_runs.items():  # fail before any work, not halfway
-            if not (Path(run_dir) / "results.json").is_file():
-                raise CGNError(f"--cgn-run {dataset}={run_dir}: no results.json there; finish that "
-                               "`cgn train-cgn` run first (rerun it with --resume)")
+            finished_cgn_run(dataset, run_dir)
         for dataset in cfg.datasets if cfg.cgn == "reference" else []:
-            path = Path(cfg.reference_dir) / REFERENCE_FILES[dataset]
-            if not path.is_file():
-                raise CGNError(f"{path} not found; --cgn reference DIR needs {REFERENCE_FILES[dataset]} in DIR")
+            reference_checkpoint(cfg.reference_dir, dataset)
         self.run = RunDir(self.out, asdict(cfg), resume=resume)
         stored, new = self.run.stored_config(), asdict(cfg)
         diff = self.run.check_resume(ReproduceConfig, new)
@@ -140,20 +148,18 @@ class Reproduction:
             self.run.log("resumed with " + ", ".join(f"{k} {stored.get(k, [])} -> {new[k]}" for k in changed))
         self.rows: list[dict] = []
 
+    def textures(self, dataset: str) -> str | None:
+        """The texture folder the variant is built with (Wildlife MNIST only)."""
+        return self.cfg.textures if dataset == "wildlife-mnist" else None
+
     # -- steps ---------------------------------------------------------------------------------
     def cgn_checkpoint(self, dataset: str, kind: str) -> tuple[Path, bool, Path | None]:
         """(checkpoint, is_reference_format, CGN run dir or None) for kind reference|trained|trained+ssim."""
         if kind == "reference":
-            path = Path(self.cfg.reference_dir) / REFERENCE_FILES[dataset]
-            if not path.is_file():
-                raise CGNError(f"{path} not found; --cgn reference DIR needs {REFERENCE_FILES[dataset]} in DIR")
-            return path, True, None
+            return reference_checkpoint(self.cfg.reference_dir, dataset), True, None
         if kind == "trained" and dataset in self.cfg.cgn_runs:
-            run_dir = Path(self.cfg.cgn_runs[dataset])
-            res_path = run_dir / "results.json"
-            if not res_path.is_file():
-                raise CGNError(f"--cgn-run {dataset}={run_dir}: no results.json there; finish that "
-                               "`cgn train-cgn` run first (rerun it with --resume)")
+            res_path = finished_cgn_run(dataset, self.cfg.cgn_runs[dataset])
+            run_dir = res_path.parent
             res = json.loads(res_path.read_text())
             if res.get("dataset") != dataset:
                 raise CGNError(f"--cgn-run {dataset}={run_dir} holds a {res.get('dataset')} CGN")
@@ -169,8 +175,8 @@ class Reproduction:
                    "train.threads": self.cfg.threads}
         if self.cfg.cgn_steps is not None:
             changes["train.max_steps"] = self.cfg.cgn_steps
-        if dataset == "wildlife-mnist" and self.cfg.textures is not None:
-            changes["train.textures"] = self.cfg.textures
+        if self.textures(dataset) is not None:
+            changes["train.textures"] = self.textures(dataset)
         if self.cfg.limit_real is not None:
             changes["train.limit_train"] = max(self.cfg.limit_real, cfg.train.batch_size)
         if kind == "trained+ssim":
@@ -214,7 +220,7 @@ class Reproduction:
         ccfg = ClassifierConfig(dataset=dataset, train_set=train_set,
                                 generated=None if generated is None else str(generated),
                                 epochs=self.cfg.epochs, seed=self.cfg.seed, data_seed=self.cfg.data_seed,
-                                textures=self.cfg.textures if dataset == "wildlife-mnist" else None,
+                                textures=self.textures(dataset),
                                 threads=self.cfg.threads, limit_real=self.cfg.limit_real)
         t0 = time.perf_counter()
         res = train_classifier(ccfg, out, resume=True)
@@ -277,46 +283,27 @@ class Reproduction:
         self.run.log(f"running {len(self.cfg.datasets)} datasets in {workers} worker processes, "
                      f"{threads} torch thread(s) each")
         done: dict[str, list[dict]] = {}
-        failed: dict[str, BaseException] = {}
+
+        def on_done(dataset: str, rows: list[dict] | None, error: BaseException | None) -> None:
+            if error is None:
+                done[dataset] = rows
+            else:
+                self.run.log(f"[{dataset}] failed: {error}")
+            self.rows = [r for d in self.cfg.datasets if d in done for r in done[d]]
+            self.write_tables()
+
         share_with_children(self.out)  # the workers write into this run under its lock
-        pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                                   initializer=_worker_init, initargs=(threads,))
-        previous = sigterm_as_interrupt()  # in the parent: SIGTERM stops the workers like Ctrl-C
-        try:
-            futures = {pool.submit(_worker_run_dataset, self.cfg, str(self.out), self.command, d): d
-                       for d in self.cfg.datasets}
-            pending = set(futures)
-            while pending:
-                finished, pending = wait(pending, return_when=FIRST_COMPLETED)
-                for fut in finished:
-                    dataset = futures[fut]
-                    try:
-                        done[dataset] = fut.result()
-                    except BrokenProcessPool:
-                        failed[dataset] = CGNError(
-                            f"a worker process died (out of memory?) before {dataset} finished; finished "
-                            "steps are kept: rerun the same command to resume (perhaps with fewer --jobs)")
-                    except Exception as e:  # noqa: BLE001 - reported below, after the others finish
-                        failed[dataset] = e
-                    if dataset in failed:
-                        self.run.log(f"[{dataset}] failed: {failed[dataset]}")
-                self.rows = [r for d in self.cfg.datasets if d in done for r in done[d]]
-                self.write_tables()
-        except BaseException:  # Ctrl-C or SIGTERM: let the workers checkpoint and stop
-            _stop_workers(pool)
-            raise
-        finally:
-            pool.shutdown(wait=True, cancel_futures=True)
-            restore_sigterm(previous)
-        for dataset in self.cfg.datasets:
-            if dataset in failed:
-                raise failed[dataset]
+        run_in_workers(_run_dataset_in_worker, {d: (self.cfg, str(self.out), self.command, d)
+                                                for d in self.cfg.datasets}, workers, threads, on_done)
 
     # -- outputs -------------------------------------------------------------------------------
+    def write_tables(self) -> None:
+        tables.write_tables(self.out, self.rows, self.command, self.cfg.ssim_weight)
+
     def samples_figure(self, dataset: str, generated: Path | None) -> None:
         from cgn.mnist.preview import make_grid, save_png, stack_vertical, titled
         real = variants.load_split(dataset, "train", seed=self.cfg.data_seed,
-                                   textures=self.cfg.textures if dataset == "wildlife-mnist" else None)
+                                   textures=self.textures(dataset))
         panels = [titled(make_grid(real["images"][:20], 10), f"{dataset}: real training images", 2)]
         if generated is not None:
             ds = CounterfactualSet(generated)
@@ -325,127 +312,9 @@ class Reproduction:
                                  f"{self.cfg.cf_ratio}", 2))
         save_png(self.out / f"samples_{dataset}.png", stack_vertical(panels))
 
-    def write_tables(self) -> None:
-        main = [r for r in self.rows if "ablation" not in r and r["cgn"] != "trained+ssim"]
-        write_json_atomic(self.out / "table3.json", main)
-        write_text_atomic(self.out / "table3.md", table3_markdown(main, self.command))
-        abl = [r for r in self.rows if r.get("ablation") == "n_counterfactuals"]
-        if abl:
-            write_json_atomic(self.out / "ablation_n_counterfactuals.json", abl)
-            write_text_atomic(self.out / "ablation_n_counterfactuals.md", ablation_markdown(abl))
-            ablation_plot(abl, self.out / "ablation_n_counterfactuals.png")
-        ssim = [r for r in self.rows if r["train_set"] == "real+cf" and "ablation" not in r]
-        if self.cfg.ssim_weight is not None and ssim:
-            write_json_atomic(self.out / "table4.json", ssim)
-            write_text_atomic(self.out / "table4.md", table4_markdown(ssim, self.cfg.ssim_weight))
 
-
-# -- worker processes (jobs > 1) -------------------------------------------------------------------
-_in_task = False
-
-
-def _worker_sigterm(signum, frame):
-    # Inside a dataset: unwind like Ctrl-C (the CGN trainer saves a checkpoint). Idle: just exit.
-    if _in_task:
-        raise KeyboardInterrupt
-    os._exit(128 + signum)
-
-
-def _worker_init(threads: int) -> None:
-    import torch
-    torch.set_num_threads(threads)
-    # The parent stops workers with SIGTERM; a terminal's Ctrl-C reaches the parent only once.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, _worker_sigterm)
-    if os.environ.get("CGN_PROGRESS", "auto") == "auto":
-        os.environ["CGN_PROGRESS"] = "0"  # several progress bars on one terminal garble it; log lines remain
-
-
-def _worker_run_dataset(cfg: ReproduceConfig, out: str, command: str, dataset: str) -> list[dict]:
-    global _in_task
-    _in_task = True
-    try:
-        return Reproduction(cfg, out, command).run_dataset(dataset)
-    except KeyboardInterrupt:
-        sys.stderr.flush()
-        os._exit(130)  # stopped by the parent: do not go on to another dataset
-    finally:
-        _in_task = False
-
-
-def _stop_workers(pool) -> None:
-    for p in list((getattr(pool, "_processes", None) or {}).values()):
-        if p.is_alive():
-            p.terminate()
-
-
-def _fmt(v) -> str:
-    return "?" if v is None else f"{v:.2f}".rstrip("0").rstrip(".") if isinstance(v, float) else str(v)
-
-
-SET_NAMES = {"real": "Original", "real+gan": "Original + GAN", "real+cf": "Original + CGN", "cf": "CGN only"}
-
-
-def table3_markdown(rows: list[dict], command: str) -> str:
-    ds = [d for d in published.DATASETS if any(r["dataset"] == d for r in rows)]
-    head = "| training data | source | " + " | ".join(ds) + " |\n|---|---|" + "---|" * len(ds) + "\n"
-    lines = []
-    for (source, ts), vals in published.PUBLISHED.items():
-        cells = [f"{_fmt(vals[d][0])} / {_fmt(vals[d][1])}" for d in ds]
-        lines.append(f"| {SET_NAMES[ts]} | {source} | " + " | ".join(cells) + " |")
-    keys = []
-    for r in rows:
-        k = (r["train_set"], r["cgn"], r["n_counterfactuals"])
-        if k not in keys:
-            keys.append(k)
-    for ts, cgn, n in keys:
-        cells = []
-        for d in ds:
-            hit = [r for r in rows if (r["train_set"], r["cgn"], r["n_counterfactuals"], r["dataset"]) == (ts, cgn, n, d)]
-            cells.append(f"**{_fmt(hit[0]['train_acc'])} / {_fmt(hit[0]['test_acc'])}**" if hit else "–")
-        src = "cgn (this run)" + (f", {cgn} CGN, {n:,} images" if cgn else "")
-        lines.append(f"| {SET_NAMES[ts]} | {src} | " + " | ".join(cells) + " |")
-    return ("# MNIST: train / OOD-test accuracy (%)\n\n" + head + "\n".join(lines) +
-            f"\n\nOurs in bold. Command: `{command}`\n")
-
-
-def ablation_markdown(rows: list[dict]) -> str:
-    out = "| dataset | CGN | counterfactuals | train acc | OOD test acc |\n|---|---|---|---|---|\n"
-    for r in sorted(rows, key=lambda r: (r["dataset"], r["n_counterfactuals"])):
-        out += f"| {r['dataset']} | {r['cgn']} | {r['n_counterfactuals']:,} | {r['train_acc']:.2f} | {r['test_acc']:.2f} |\n"
-    return "# OOD accuracy vs number of counterfactuals (Original + CGN)\n\n" + out
-
-
-def ablation_plot(rows: list[dict], path: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    for d in sorted({r["dataset"] for r in rows}):
-        pts = sorted((r["n_counterfactuals"], r["test_acc"]) for r in rows if r["dataset"] == d)
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=d)
-    ax.set_xscale("log")
-    ax.set_xlabel("counterfactual images")
-    ax.set_ylabel("OOD test accuracy (%)")
-    ax.legend()
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    from cgn.io import atomic_write
-    with atomic_write(path) as f:
-        fig.savefig(f, format="png", dpi=120)
-    plt.close(fig)
-
-
-def table4_markdown(rows: list[dict], weight: float) -> str:
-    ds = [d for d in published.DATASETS if any(r["dataset"] == d for r in rows)]
-    out = "| CGN | " + " | ".join(ds) + " |\n|---|" + "---|" * len(ds) + "\n"
-    for kind, label in (("reference", "authors' CGNs (study)"), ("trained", "own CGNs (study)")):
-        out += f"| {label} | " + " | ".join(_fmt(published.STUDY_SSIM[kind][d]) for d in ds) + " |\n"
-    for kind in sorted({r["cgn"] for r in rows}):
-        cells = [next((_fmt(r["test_acc"]) for r in rows if r["cgn"] == kind and r["dataset"] == d), "–") for d in ds]
-        label = f"{kind} (this run" + (f", SSIM weight {weight}" if kind == "trained+ssim" else "") + ")"
-        out += f"| {label} | " + " | ".join(f"**{c}**" for c in cells) + " |\n"
-    return "# SSIM-loss ablation: OOD test accuracy (%), Original + CGN\n\n" + out
+def _run_dataset_in_worker(cfg: ReproduceConfig, out: str, command: str, dataset: str) -> list[dict]:
+    return Reproduction(cfg, out, command).run_dataset(dataset)
 
 
 def command_line(argv: list[str]) -> str:
