@@ -64,7 +64,7 @@ def tiny_cgn(tmp_path_factory):
 
 @pytest.mark.parametrize("how,seed", [("sigterm", 11), ("ctrl-c", 12)])
 def test_generate_resumes_bit_identically(tiny_cgn, tmp_path, how, seed):
-    args = ["generate", "--checkpoint", str(tiny_cgn), "--n", "6000", "--shard-size", "1500"]
+    args = ["generate", "--checkpoint", str(tiny_cgn), "--n", "3000", "--shard-size", "750"]
     assert main([*args, "--out", str(tmp_path / "ref")]) == 0
     out = tmp_path / "cut"
     rc, err, delay = _interrupt([*args, "--out", str(out)], sig={"sigterm": signal.SIGTERM, "ctrl-c": signal.SIGINT}[how],
@@ -82,7 +82,7 @@ def test_generate_resumes_bit_identically(tiny_cgn, tmp_path, how, seed):
 def test_train_classifier_resumes_bit_identically(tmp_path):
     require_mnist()
     args = ["train-classifier", "--dataset", "double-colored-mnist", "--train-set", "real",
-            "--limit-real", "1280", "--epochs", "2", "--threads", "1", "--set", "checkpoint_every=7"]
+            "--limit-real", "1280", "--epochs", "2", "--threads", "1"]
     assert main([*args, "--out", str(tmp_path / "ref")]) == 0
     out = tmp_path / "cut"
     rc, err, delay = _interrupt([*args, "--out", str(out)], sig=signal.SIGTERM, seed=21, max_delay=1.5,
