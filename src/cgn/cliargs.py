@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
-from cgn.config import _coerce, from_dict, override, to_dict
+from cgn.config import coerce, from_dict, override, to_dict
 from cgn.errors import CGNError
 
 
@@ -150,7 +150,7 @@ def _optional(tp: Any) -> Any:
 def _value_parser(tp: Any) -> Callable[[str], Any]:
     def parse(text: str) -> Any:
         try:
-            return _coerce(text, tp, "")
+            return coerce(text, tp, "")
         except CGNError as e:
             raise argparse.ArgumentTypeError(str(e).split(": ", 1)[-1]) from None
     return parse

@@ -142,7 +142,7 @@ def _field_types(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
-def _coerce(value: Any, tp: Any, where: str) -> Any:
+def coerce(value: Any, tp: Any, where: str) -> Any:
     """Convert ``value`` (from JSON or a CLI string) to the annotated type ``tp``."""
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
@@ -160,7 +160,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             if a is type(None):
                 continue
             try:
-                return _coerce(value, a, where)
+                return coerce(value, a, where)
             except CGNError as e:
                 errors.append(str(e))
         raise CGNError(errors[0] if errors else f"config {where}: bad value {value!r}")
@@ -177,7 +177,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         if not isinstance(value, (list, tuple)):
             raise CGNError(f"config {where}: expected a list, got {value!r}")
         inner = args[0] if args else Any
-        out = [_coerce(v, inner, f"{where}[{i}]") for i, v in enumerate(value)]
+        out = [coerce(v, inner, f"{where}[{i}]") for i, v in enumerate(value)]
         return tuple(out) if origin is tuple else out
     if tp is bool:
         if isinstance(value, bool):
@@ -220,7 +220,7 @@ def from_dict(cls: type[T], data: dict, where: str = "") -> T:
             f"config {where or cls.__name__}: unknown field(s) {sorted(unknown)}; "
             f"valid fields are {sorted(names)}"
         )
-    kwargs = {k: _coerce(v, hints[k], f"{where + '.' if where else ''}{k}") for k, v in data.items()}
+    kwargs = {k: coerce(v, hints[k], f"{where + '.' if where else ''}{k}") for k, v in data.items()}
     try:
         return cls(**kwargs)
     except (ValueError, TypeError) as e:
