@@ -466,3 +466,27 @@ def test_a_damaged_shape_judge_cache_is_rebuilt(tmp_path, monkeypatch):
     assert torch.equal(again.weights, judge.weights) and torch.equal(again.proj, judge.proj)
     np.savez(path, weights=np.zeros((3, 10), np.float32), proj=np.zeros((3, 3), np.float32))
     assert ShapeJudge._read_cache(path) is None  # another judge's shapes: not reused
+
+
+def test_a_damaged_image_in_an_image_folder_is_one_line(tmp_path):
+    import numpy as np
+    from PIL import Image
+    from torch.utils.data import DataLoader
+    from cgn.cli import _worker_error
+    from cgn.imagenet.imagefolder import ImageNetFolder
+    from torchvision.transforms import ToTensor
+    d = tmp_path / "val" / "n01440764"
+    d.mkdir(parents=True)
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(d / "good.png")
+    png = (d / "good.png").read_bytes()
+    (d / "cut.png").write_bytes(png[: len(png) // 2])    # truncated
+    (d / "text.png").write_text("not an image")          # not an image at all
+    ds = ImageNetFolder(tmp_path / "val", ToTensor())
+    names = [Path(p).name for p, _ in ds.samples]
+    for name in ("cut.png", "text.png"):
+        with pytest.raises(CGNError, match=f"{name} is not a readable image"):
+            ds[names.index(name)]
+    with pytest.raises(CGNError) as e:  # from a worker process, as training reads it
+        list(DataLoader(ds, batch_size=1, num_workers=1))
+    line = _worker_error(str(e.value))
+    assert "is not a readable image" in line and "\n" not in line and "Traceback" not in line

@@ -62,11 +62,20 @@ _OS_FIXES = {
 }
 
 
+def _worker_error(text: str) -> str:
+    """An error re-raised from a DataLoader worker carries the worker's traceback in its text:
+    keep the one line the worker's own error said."""
+    if "Original Traceback" not in text:
+        return text
+    last = [line for line in text.strip().splitlines() if line.strip()][-1]
+    return last.split(": ", 1)[1] if ": " in last and last.split(": ", 1)[0].endswith(("Error", "Exception")) else last
+
+
 def os_error_message(e: OSError) -> str:
     """One line for an OSError: what failed, where, and how to fix it."""
     where = " -> ".join(str(f) for f in (e.filename, e.filename2) if f is not None)
     fix = _OS_FIXES.get(e.errno) if e.errno is not None else None
-    what = fix or (e.strerror or str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)
+    what = fix or (e.strerror or _worker_error(str(e)).strip().splitlines()[0] if str(e).strip() else type(e).__name__)
     if type(e).__name__ == "UnidentifiedImageError":  # PIL: a damaged file or not an image
         what += "; replace or remove the damaged image"
     return f"{where}: {what}" if where else what
@@ -82,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         rc = args.func(args)
     except CGNError as e:
         discard_unstarted()  # a failed start leaves no run directory behind
-        print(f"cgn: error: {e}", file=sys.stderr)
+        print(f"cgn: error: {_worker_error(str(e))}", file=sys.stderr)
         return 2
     except OSError as e:  # a folder, permission, disk or file problem the user can fix
         discard_unstarted()

@@ -16,6 +16,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Callable
 
+from PIL import Image
 from torchvision.datasets import ImageFolder
 
 from cgn.errors import CGNError
@@ -197,6 +198,16 @@ def expand_indices(spec: str) -> list[int]:
     return out
 
 
+def read_image(path: str | os.PathLike, mode: str = "RGB") -> Image.Image:
+    """An image file as a PIL image in ``mode``; a damaged or truncated file is one line naming it."""
+    try:
+        with Image.open(path) as im:
+            return im.convert(mode)
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
+        raise CGNError(f"{path} is not a readable image ({str(e).splitlines()[0][:80]}); replace "
+                       "or remove it") from None
+
+
 class ImageNetFolder(ImageFolder):
     """``torchvision.datasets.ImageFolder`` whose targets are ImageNet-1k indices (0..999).
 
@@ -212,7 +223,7 @@ class ImageNetFolder(ImageFolder):
             raise CGNError(f"image folder {root} does not exist; check the path")
         self._extra = read_class_index_file(class_index) if class_index else None
         try:
-            super().__init__(str(root), transform=transform)
+            super().__init__(str(root), transform=transform, loader=read_image)
         except FileNotFoundError as e:
             raise CGNError(f"{root}: {e}; expected root/<class>/<image> (ImageFolder layout)") from None
 

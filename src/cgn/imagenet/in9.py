@@ -28,7 +28,7 @@ from cgn.core.distributed import DistInfo
 from cgn.core.metrics import register_metric
 from cgn.errors import CGNError
 from cgn.imagenet.ensemble import PREDICTIONS
-from cgn.imagenet.imagefolder import expand_indices
+from cgn.imagenet.imagefolder import expand_indices, read_image
 
 # IN-9 classes (index order) and the ImageNet-1k indices that map to each.
 IN9_CLASSES = ("dog", "bird", "vehicle", "reptile", "carnivore", "insect", "instrument",
@@ -65,6 +65,9 @@ def in_to_in9() -> torch.Tensor:
 class IN9Folder(ImageFolder):
     """One IN-9 variant: ``<dir>/<NN_class>/<image>`` with exactly nine class folders, labels
     0..8 in folder order (the challenge names them ``00_dog`` ... ``08_fish``)."""
+
+    def __init__(self, root, transform=None):
+        super().__init__(str(root), transform=transform, loader=read_image)
 
     def find_classes(self, directory):
         classes, mapping = super().find_classes(directory)

@@ -27,12 +27,12 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torch import nn
 
 from cgn.core.metrics import calc_metric, check_metric_names, metric_needs, register_metric
 from cgn.core.progress import progress
 from cgn.errors import CGNError
+from cgn.imagenet.imagefolder import read_image
 from cgn.paths import cgn_home
 
 INCEPTION_FILE = "inception_v3_google-0cc3c7bd.pth"
@@ -175,14 +175,12 @@ def folder_images(folder: str | os.PathLike) -> list[Path]:
 
 
 def _load_rgb(path: Path) -> torch.Tensor:
-    with Image.open(path) as im:
-        arr = np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
+    arr = np.asarray(read_image(path), dtype=np.uint8).copy()
     return torch.from_numpy(arr).permute(2, 0, 1).float() / 255
 
 
 def _load_mask(path: Path) -> np.ndarray:
-    with Image.open(path) as im:
-        return np.asarray(im.convert("L"), dtype=np.float64) / 255
+    return np.asarray(read_image(path, "L"), dtype=np.float64) / 255
 
 
 def iter_batches(files: Sequence[Path], batch_size: int) -> Iterable[torch.Tensor]:

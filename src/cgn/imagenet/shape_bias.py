@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
-from PIL import Image
 from torch import nn
 from torch.utils.data import Dataset
 
@@ -30,7 +29,7 @@ from cgn.core.distributed import DistInfo
 from cgn.core.metrics import register_metric
 from cgn.errors import CGNError
 from cgn.imagenet.ensemble import PREDICTIONS
-from cgn.imagenet.imagefolder import expand_indices
+from cgn.imagenet.imagefolder import expand_indices, read_image
 
 # The 16 entry-level categories of the cue-conflict stimuli (alphabetical = decision index) and
 # the ImageNet-1k indices whose probabilities are averaged for each ("a-b" = a..b inclusive).
@@ -155,8 +154,7 @@ class CueConflictDataset(Dataset):
 
     def __getitem__(self, i: int):
         path, s, t = self.samples[i]
-        with Image.open(path) as im:
-            img = im.convert("RGB")
+        img = read_image(path)
         return (self.transform(img) if self.transform else img), s, t
 
 
