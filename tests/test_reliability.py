@@ -371,6 +371,17 @@ def test_generation_bounds_and_disk_space(tiny_cgn_file, tmp_path, monkeypatch):
     with pytest.raises(CGNError, match=r"need .* GB, but only .* GB are free"):
         _generate(tiny_cgn_file, tmp_path / "small")
     release_all()
+    assert main(["generate", "--checkpoint", str(tiny_cgn_file), "--n", "1e6",
+                 "--out", str(tmp_path / "small2")]) == 2
+    assert not (tmp_path / "small2").exists()  # refused before anything was written
+
+
+def test_reproduce_settings_are_bounded():
+    from cgn.mnist.reproduce import ReproduceConfig
+    for bad in ({"n_counterfactuals": 10**12}, {"ablation_sizes": [10, 10**12]}, {"epochs": -1},
+                {"cgn_steps": 0}):
+        with pytest.raises(ValueError):
+            ReproduceConfig(**bad)
 
 
 def test_two_generations_on_one_folder(tiny_cgn_file, tmp_path):

@@ -13,7 +13,7 @@ import sys
 
 from cgn import __version__
 from cgn.core.interrupt import restore_sigterm, sigterm_as_interrupt
-from cgn.core.lock import release_all
+from cgn.core.lock import discard_unused, release_all
 from cgn.core.rundir import discard_unstarted
 from cgn.errors import CGNError
 
@@ -91,10 +91,12 @@ def main(argv: list[str] | None = None) -> int:
         rc = args.func(args)
     except CGNError as e:
         discard_unstarted()  # a failed start leaves no run directory behind
+        discard_unused()
         print(f"cgn: error: {_worker_error(str(e))}", file=sys.stderr)
         return 2
     except OSError as e:  # a folder, permission, disk or file problem the user can fix
         discard_unstarted()
+        discard_unused()
         print(f"cgn: error: {os_error_message(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -22,6 +22,7 @@ from cgn.errors import CGNError
 LOCK_NAME = ".lock"
 _ENV = "CGN_SHARED_LOCKS"       # folders whose lock the parent process holds for its workers
 _held: dict[Path, int] = {}     # folder -> open file descriptor holding its lock
+_created: list[Path] = []       # folders this process made to lock them
 
 
 def lock_dir(folder: str | os.PathLike) -> None:
@@ -31,6 +32,8 @@ def lock_dir(folder: str | os.PathLike) -> None:
         return
     if folder.exists() and not folder.is_dir():
         raise CGNError(f"{folder} is a file, not a folder; choose another output folder")
+    if not folder.exists():
+        _created.append(folder)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / LOCK_NAME
     try:
@@ -77,3 +80,15 @@ def release_all() -> None:
     """Drop every lock this process holds (the CLI calls it when a command ends)."""
     for folder in list(_held):
         unlock_dir(folder)
+    _created.clear()
+
+
+def discard_unused() -> None:
+    """Remove the folders this process made that hold nothing but their lock (a start that
+    failed on its input), so that nothing is left behind."""
+    while _created:
+        folder = _created.pop()
+        if folder.is_dir() and {p.name for p in folder.iterdir()} <= {LOCK_NAME}:
+            unlock_dir(folder)
+            (folder / LOCK_NAME).unlink(missing_ok=True)
+            folder.rmdir()

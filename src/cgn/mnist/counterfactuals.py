@@ -239,23 +239,23 @@ def generate(model, cfg: GenerateConfig, out: str | Path, *, source: dict,
     manifest = {"format": FORMAT, "config": asdict(cfg), "generator": source,
                 "n_shards": -(-cfg.n // cfg.shard_size), "renderer": RENDERER}
     mpath = out / "manifest.json"
-    if mpath.exists():
-        old = read_json(mpath, "counterfactual dataset manifest")
+    old = read_json(mpath, "counterfactual dataset manifest") if mpath.exists() else None
+    if old is not None:
         check_resume(Generation, Generation.record(old), Generation.record(manifest),
                      f"{out} already holds a different generation", "choose another --out or delete it")
         if old.get("renderer", "layers-1") != RENDERER:
             log(f"note: {out} was started by renderer {old.get('renderer', 'layers-1')}; its remaining "
                 f"shards are written by {RENDERER} (same seeds, images equal up to bf16 rounding)")
-    else:
-        write_json_atomic(mpath, manifest)
-    model = model.to(device).eval()
-    done = 0
     states = [_shard_state(out, k, min(cfg.n, (k + 1) * cfg.shard_size) - k * cfg.shard_size)
               for k in range(manifest["n_shards"])]
     for k in (k for k, state in enumerate(states) if state == "damaged"):
         log(f"note: shard {k} of {out} is damaged (its files do not match their digests); writing it again")
     _check_space(out, cfg, sum(min(cfg.n, (k + 1) * cfg.shard_size) - k * cfg.shard_size
                                for k, state in enumerate(states) if state != "complete"))
+    if old is None:
+        write_json_atomic(mpath, manifest)
+    model = model.to(device).eval()
+    done = 0
     # The mechanisms compiled once for the whole run (a snapshot of the weights: they do not change)
     with frozen_inference(model, _DTYPES[cfg.precision]):
         for k in range(manifest["n_shards"]):

@@ -41,7 +41,8 @@ from cgn.errors import CGNError
 from cgn.io import write_json_atomic
 from cgn.mnist import tables, variants
 from cgn.mnist.classify import TRAIN_SETS, ClassifierConfig, train_classifier
-from cgn.mnist.counterfactuals import CounterfactualSet, GenerateConfig, checkpoint_source, generate
+from cgn.mnist.counterfactuals import (MAX_IMAGES, CounterfactualSet, GenerateConfig, checkpoint_source,
+                                      generate)
 
 REFERENCE_FILES = {"colored-mnist": "colored_mnist.pth", "double-colored-mnist": "double_colored_mnist.pth",
                    "wildlife-mnist": "wildlife_mnist.pth"}
@@ -117,7 +118,10 @@ class ReproduceConfig:
         check(self.cgn != "reference" or self.reference_dir is not None,
               "--cgn reference needs the folder with the authors' checkpoints: --cgn reference DIR")
         check(self.n_counterfactuals >= 1 and self.cf_ratio >= 1, "n_counterfactuals and cf_ratio must be >= 1")
-        check(all(s >= 1 for s in self.ablation_sizes), "ablation sizes must be >= 1")
+        check(all(1 <= n <= MAX_IMAGES for n in (self.n_counterfactuals, *self.ablation_sizes)),
+              f"counterfactual set sizes must be between 1 and {MAX_IMAGES:,} (300 GB)")
+        check(self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}")
+        check(self.cgn_steps is None or self.cgn_steps >= 1, f"cgn_steps must be >= 1, got {self.cgn_steps}")
         check(self.ssim_weight is None or self.ssim_weight > 0, "ssim_weight must be > 0")
         check(self.jobs >= 1, f"jobs must be >= 1, got {self.jobs}")
         check(self.threads >= 0, f"threads must be >= 0, got {self.threads}")
