@@ -32,6 +32,7 @@ from cgn.core.checkpoint import load_checkpoint, load_state_dict_strict
 from cgn.core.classifier_eval import eval_loader, evaluate_accuracy
 from cgn.core.classifier_trainer import StepOutput, Trainer
 from cgn.core.device import resolve_device
+from cgn.core.precision import resolve_precision
 from cgn.core.seeding import seed_everything
 from cgn.errors import CGNError
 from cgn.mnist import variants
@@ -65,8 +66,8 @@ class ClassifierConfig:
                 "test split (off: train on [:50000], test on [50000:60000] as the original)"})
     train_eval_size: int = field(default=10_000, metadata={
         "help": "training images scored for the train accuracy"})
-    precision: Literal["bf16", "fp32"] = field(default="bf16", metadata={
-        "help": "bf16 autocast (channels-last; fast on AMX/AVX-512 CPUs) or fp32 training"})
+    precision: Literal["auto", "bf16", "fp32"] = field(default="auto", metadata={
+        "help": "auto: bf16 autocast where it is faster (CPUs with AMX, bf16 GPUs), else fp32"})
     threads: int = field(default=0, metadata={"help": "torch CPU threads (0: torch's default)"})
     limit_real: int | None = field(default=None, metadata={
         "help": "use only the first N real training images (smoke tests, probes)"})
@@ -82,7 +83,7 @@ class ClassifierConfig:
         check(self.epochs >= 1 and self.batch_size >= 1, "epochs and batch_size must be >= 1")
         check(self.lr > 0 and 0 < self.gamma <= 1, "lr must be > 0 and gamma in (0, 1]")
         check(self.limit_real is None or self.limit_real >= 1, "limit_real must be >= 1")
-        check(self.precision in ("bf16", "fp32"), "precision must be bf16 or fp32")
+        check(self.precision in ("auto", "bf16", "fp32"), "precision must be auto, bf16 or fp32")
 
 
 class ArrayImages(Dataset):
@@ -170,6 +171,7 @@ def train_classifier(cfg: ClassifierConfig, out: str | Path, resume: bool = Fals
                      max_steps: int | None = None) -> dict:
     """Train (or resume) and evaluate; writes ``result.json`` in ``out`` and returns it."""
     device = resolve_device(cfg.device)
+    precision = resolve_precision(cfg.precision, device)
     seed_everything(cfg.seed)
     train, info = training_set(cfg)
     test = _split(cfg, "test")
@@ -186,7 +188,7 @@ def train_classifier(cfg: ClassifierConfig, out: str | Path, resume: bool = Fals
 
     def loss_fn(m, batch) -> StepOutput:
         x, y = batch
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision.bf16):
             logp = m(x).float()
         return StepOutput(F.nll_loss(logp, y), {"acc": ((logp.argmax(1) == y).sum(), len(y))})
 
@@ -198,6 +200,8 @@ def train_classifier(cfg: ClassifierConfig, out: str | Path, resume: bool = Fals
                       epochs=cfg.epochs, out=out, config=asdict(cfg), kind=CHECKPOINT_KIND,
                       resume=resume, scheduler=sched, eval_fn=eval_fn, log_every=200,
                       max_steps=max_steps)
+    if trainer.run is not None:
+        trainer.run.log(f"precision: {precision.name} ({precision.reason})", echo=False)
     fit = trainer.fit()
     if trainer.epoch < cfg.epochs:
         return {"interrupted_at_step": fit["step"]}
@@ -207,7 +211,7 @@ def train_classifier(cfg: ClassifierConfig, out: str | Path, resume: bool = Fals
         "train_acc": _accuracy(model, train_eval, device),
         "test_acc": _accuracy(model, test_ds, device),
         "n_train": len(train), "n_test": len(test_ds), "epochs": cfg.epochs, **info,
-        "texture_set": test["meta"]["texture_set"],
+        "texture_set": test["meta"]["texture_set"], "precision": precision.as_dict(),
     }
     from cgn.io import write_json_atomic
     write_json_atomic(Path(out) / "result.json", result)
