@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -158,8 +157,8 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     os.environ.setdefault("CGN_PROGRESS", "0")
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch "
-          f"{torch.__version__}, {torch.get_num_threads()} threads; load average {os.getloadavg()}")
+    from cgn.core.precision import machine_summary
+    print(f"{machine_summary()}; load average {os.getloadavg()}")
     with tempfile.TemporaryDirectory() as tmp:
         for preset in args.presets:
             trainers = {m: make_trainer(preset, m, Path(tmp), args.feature_extractor) for m in args.modes}

@@ -37,6 +37,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--textures", default="", help="wildlife texture folder (default: procedural set)")
     args = ap.parse_args()
+    from cgn.core.precision import machine_summary
+    print(machine_summary())
     print(f"{'variant':24s} {'train (s)':>10s} {'test (s)':>9s} {'total (s)':>10s} {'peak RSS (MiB)':>15s}")
     for v in ("colored-mnist", "double-colored-mnist", "wildlife-mnist"):
         r = json.loads(subprocess.run([sys.executable, "-c", CHILD, v, args.textures], check=True,

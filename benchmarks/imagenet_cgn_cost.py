@@ -42,6 +42,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--batch-size", type=int, default=1)
     args = ap.parse_args()
+    from cgn.core.precision import machine_summary
+    print(machine_summary())
     cfg = preset("imagenet-256")
     with torch.device("meta"):
         model = ImageNetCGN(BigGANConfig(), U2NetConfig("full")).train()

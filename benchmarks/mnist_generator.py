@@ -115,6 +115,8 @@ def main() -> None:
     ap.add_argument("--checkpoint")
     ap.add_argument("--reference-format", action="store_true")
     args = ap.parse_args()
+    from cgn.core.precision import machine_summary
+    print(machine_summary())
 
     if args.checkpoint:
         model, _ = load_generator(args.checkpoint, reference_format=args.reference_format)

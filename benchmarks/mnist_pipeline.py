@@ -101,6 +101,8 @@ def main() -> None:
     ap.add_argument("--parts", nargs="*", choices=["generation", "classifier"],
                     default=["generation", "classifier"], help="which throughputs to measure")
     a = ap.parse_args()
+    from cgn.core.precision import machine_summary
+    print(machine_summary())
     ref = "1" if a.reference_format else "0"
     if "generation" in a.parts:
         generation(a, ref)

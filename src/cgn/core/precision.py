@@ -107,3 +107,15 @@ def enable_tf32(device: torch.device) -> None:
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
+
+
+def machine_summary() -> str:
+    """One line for benchmark headers: CPU model, cores, instruction-set level, torch, threads."""
+    model = "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), model)
+    except OSError:
+        pass
+    return (f"machine: {model}, {os.cpu_count()} cores, ISA level {isa_description()}, "
+            f"torch {torch.__version__}, {torch.get_num_threads()} threads")
