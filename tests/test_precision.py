@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -51,3 +52,36 @@ def test_auto_picks_bf16_only_with_amx(flags, monkeypatch):
 
 def test_this_machine_reports_a_level():
     assert P.cpu_isa() in ("amx", "avx512_bf16", "avx512", "avx2", "baseline")
+
+
+def test_a_generated_set_records_and_keeps_its_precision(tmp_path, flags, monkeypatch):
+    """auto decides once per set (recorded in the manifest); a resumed set keeps it, so every
+    image stays regenerable bit for bit."""
+    import json
+    from cgn.config import to_dict
+    from cgn.core.lock import release_all
+    from cgn.mnist import counterfactuals as C
+    from cgn.mnist.model import MnistCGN
+    from cgn.presets import preset
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    torch.manual_seed(0)
+    model = MnistCGN(preset("double-colored-mnist").model).eval()
+    out = tmp_path / "cf"
+    C.generate(model, C.GenerateConfig(n=20, shard_size=10, precision="bf16"), out,
+               source={"sha256": "x"}, log=lambda m: None)
+    (out / "shard-00001.sha256.json").unlink()
+    (out / "shard-00001.images.npy").unlink()  # as if stopped before the second shard
+    flags("avx2")  # the rerun happens on a machine where auto would pick fp32
+    C.generate(model, C.GenerateConfig(n=20, shard_size=10), out, source={"sha256": "x"}, log=lambda m: None)
+    release_all()
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["config"]["precision"] == "bf16" and m["precision"]["name"] == "bf16"
+    ds = C.CounterfactualSet(out)
+    row = {k: int(v[15]) for k, v in ds.labels.items()}
+    again = C.regenerate(model, m, row["shape"], row["texture"], row["background"], row["seed"], row["shape_seed"])
+    assert (again == ds.images(np.array([15]))[0]).all()
+    fresh = tmp_path / "fresh"
+    C.generate(model, C.GenerateConfig(n=10, shard_size=10), fresh, source={"sha256": "x"}, log=lambda m: None)
+    release_all()
+    rec = json.loads((fresh / "manifest.json").read_text())
+    assert rec["config"]["precision"] == "fp32" and "avx2" in rec["precision"]["reason"]

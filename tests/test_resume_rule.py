@@ -150,7 +150,9 @@ def test_each_config_lets_change_what_its_command_did_before():
                                "eval.in9_dir", "eval.batch_size", "device", "checkpoint_every",
                                "log_every", "tensorboard")},
         "max_steps": "extend"}
-    assert _rules(ReproduceConfig) == {"jobs": "free", "threads": "free", "ablation_sizes": "extend"}
+    # precision: a set keeps the precision it started in (its manifest), so a rerun may ask for auto
+    assert _rules(ReproduceConfig) == {"jobs": "free", "threads": "free", "ablation_sizes": "extend",
+                                       "precision": "free"}
     assert _rules(Generation) == {"config.batch_size": "free"}
     assert _rules(DatasetSpec) == {}
 

@@ -32,7 +32,7 @@ import json
 import os
 import shutil
 import zipfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -42,6 +42,7 @@ import torch
 from cgn.config import check, check_resume
 from cgn.core.composer import compose
 from cgn.core.lock import lock_dir
+from cgn.core.precision import Precision, resolve_precision
 from cgn.core.progress import progress
 from cgn.core.sampling import to_uint8
 from cgn.errors import CGNError
@@ -74,7 +75,7 @@ class GenerateConfig:
     # (256 measured ~1.35x faster than 1000 on CPU, bf16)
     batch_size: int = field(default=256, metadata={
         "help": "images per forward pass: changes no image, only the speed", "resume": "free"})
-    precision: Literal["bf16", "fp32"] = field(default="bf16", metadata={
+    precision: Literal["auto", "bf16", "fp32"] = field(default="auto", metadata={
         "help": "bf16 autocast (fast on CPUs with AVX-512/AMX) or fp32"})
 
     def __post_init__(self):
@@ -82,7 +83,7 @@ class GenerateConfig:
         check(self.cf_ratio >= 1, f"cf_ratio must be at least 1, got {self.cf_ratio}")
         check(self.seed >= 0, f"seed must be non-negative, got {self.seed}")
         check(self.shard_size >= 1 and self.batch_size >= 1, "shard_size and batch_size must be >= 1")
-        check(self.precision in ("bf16", "fp32"), f"precision must be bf16 or fp32, got {self.precision!r}")
+        check(self.precision in ("auto", "bf16", "fp32"), f"precision must be auto, bf16 or fp32, got {self.precision!r}")
 
 
 @dataclass
@@ -179,6 +180,7 @@ def render(model, labels: dict[str, np.ndarray], counterfactual: bool, precision
         lat_f["noise"] = lat_b["noise"] = lat_s["noise"][torch.from_numpy(inverse)]
     ys = {k: torch.from_numpy(labels[k]).to(device) for k in ("shape", "texture", "background")}
     dev = lambda d: {k: v.to(device) for k, v in d.items()}  # noqa: E731
+    precision = resolve_precision(precision, device).name
     with torch.no_grad(), _precision(precision, device):
         m = model.run_mechanism("shape", ys["shape"][torch.from_numpy(first).to(device)], **dev(lat_s))
         m = m[torch.from_numpy(inverse).to(device)]
@@ -236,10 +238,17 @@ def generate(model, cfg: GenerateConfig, out: str | Path, *, source: dict,
     """Write (or resume) a dataset. ``source`` describes the CGN (path, sha256, ...)."""
     out = Path(out)
     lock_dir(out)  # one writer per dataset: two processes would mix their shards
-    manifest = {"format": FORMAT, "config": asdict(cfg), "generator": source,
-                "n_shards": -(-cfg.n // cfg.shard_size), "renderer": RENDERER}
     mpath = out / "manifest.json"
     old = read_json(mpath, "counterfactual dataset manifest") if mpath.exists() else None
+    # The set stores the precision it is computed in (bit-exact regeneration needs it): "auto"
+    # decides once, for this machine, and a resumed set keeps the precision it started with.
+    started = (old or {}).get("config", {}).get("precision")
+    chosen = (Precision(started, "the precision this set was started with") if cfg.precision == "auto"
+              and started in ("bf16", "fp32") else resolve_precision(cfg.precision, device))
+    cfg = replace(cfg, precision=chosen.name)
+    manifest = {"format": FORMAT, "config": asdict(cfg), "generator": source,
+                "n_shards": -(-cfg.n // cfg.shard_size), "renderer": RENDERER,
+                "precision": chosen.as_dict()}
     if old is not None:
         check_resume(Generation, Generation.record(old), Generation.record(manifest),
                      f"{out} already holds a different generation", "choose another --out or delete it")

@@ -87,8 +87,11 @@ class ReproduceConfig:
         "help": "wildlife texture folder (object/, background/); none: the built-in procedural set"})
     cgn_steps: int | None = field(default=None, metadata={
         "help": "trained CGNs: train this many steps instead of the recipe's"})
-    precision: Literal["bf16", "fp32"] = field(default="bf16", metadata={
-        "help": "precision of the counterfactual generation: bf16 autocast or fp32"})
+    # "free": a counterfactual set keeps the precision it was started in (its manifest says
+    # which), so a rerun may ask for auto; sets not yet written follow the new request.
+    precision: Literal["auto", "bf16", "fp32"] = field(default="auto", metadata={"resume": "free",
+        "help": "precision of the counterfactual generation: auto (bf16 only where it is faster: "
+                "AMX CPUs, bf16 GPUs), bf16 autocast or fp32"})
     ablation_sizes: list[int] = field(default_factory=list, metadata={
         "help": "also train on this many counterfactuals each (e.g. 1e4,1e5,1e6) and plot the OOD "
                 "accuracy against the size", "resume": "extend"})
