@@ -39,6 +39,7 @@ import numpy as np
 from cgn.config import check
 from cgn.core.interrupt import restore_sigterm, sigterm_as_interrupt
 from cgn.core.lock import share_with_children
+from cgn.core.results import read_results, results_path
 from cgn.core.rundir import RunDir
 from cgn.errors import CGNError
 from cgn.io import write_json_atomic, write_text_atomic
@@ -120,7 +121,7 @@ class Reproduction:
     def __init__(self, cfg: ReproduceConfig, out: str | Path, command: str, resume: bool = True):
         self.cfg, self.out, self.command = cfg, Path(out), command
         for dataset, run_dir in cfg.cgn_runs.items():  # fail before any work, not halfway
-            if not (Path(run_dir) / "results.json").is_file():
+            if results_path(run_dir) is None:
                 raise CGNError(f"--cgn-run {dataset}={run_dir}: no results.json there; finish that "
                                "`cgn train-cgn` run first (rerun it with --resume)")
         for dataset in cfg.datasets if cfg.cgn == "reference" else []:
@@ -148,11 +149,10 @@ class Reproduction:
             return path, True, None
         if kind == "trained" and dataset in self.cfg.cgn_runs:
             run_dir = Path(self.cfg.cgn_runs[dataset])
-            res_path = run_dir / "results.json"
-            if not res_path.is_file():
+            res = read_results(run_dir)
+            if res is None:
                 raise CGNError(f"--cgn-run {dataset}={run_dir}: no results.json there; finish that "
                                "`cgn train-cgn` run first (rerun it with --resume)")
-            res = json.loads(res_path.read_text())
             if res.get("dataset") != dataset:
                 raise CGNError(f"--cgn-run {dataset}={run_dir} holds a {res.get('dataset')} CGN")
             ckpt = Path(res["checkpoint"])
@@ -175,12 +175,11 @@ class Reproduction:
             changes["loss.ssim_weight"] = self.cfg.ssim_weight
         cfg = override(cfg, changes)
         run_dir = self.out / dataset / kind / "cgn"
-        res_path = run_dir / "results.json"
-        if not res_path.exists():
+        if results_path(run_dir) is None:
             self.run.log(f"[{dataset}] training a CGN ({kind}): {cfg.train.max_steps or cfg.train.epochs} "
                          f"{'steps' if cfg.train.max_steps else 'epochs'}")
             train(cfg, run_dir, resume=True)
-        res = json.loads(res_path.read_text())
+        res = read_results(run_dir)
         self.run.log(f"[{dataset}] CGN ({kind}) ready: mask mean {res.get('mask_mean', float('nan')):.3f}, "
                      f"style features {res.get('feature_extractor', {}).get('kind', '?')}", echo=False)
         return Path(res["checkpoint"]), False, run_dir
@@ -207,8 +206,9 @@ class Reproduction:
                    n: int) -> dict:
         name = f"clf-{train_set}" + (f"-{n}" if train_set != "real" else "")
         out = self.out / dataset / (kind or "real") / name
-        if (out / "result.json").exists():
-            return json.loads((out / "result.json").read_text())
+        done = read_results(out)
+        if done is not None:
+            return done
         ccfg = ClassifierConfig(dataset=dataset, train_set=train_set,
                                 generated=None if generated is None else str(generated),
                                 epochs=self.cfg.epochs, seed=self.cfg.seed, data_seed=self.cfg.data_seed,
