@@ -6,10 +6,10 @@ low-resolution path (cgn.mnist.upconv).
         [--reference-format]]
 
 Measured, per torch thread count:
-  * generation (no_grad, eval mode) of the counterfactual kind: foreground + background
-    mechanisms ("fg+bg") and the whole generator (shape + fg + bg + compose, "full"), images/s,
-    in fp32 and under bf16 autocast with the model and inputs channels_last (what
-    ``cgn generate`` does on CPU) and, as a probe, bf16 contiguous and fp32 channels_last;
+  * generation (no_grad, eval mode) of the counterfactual kind: texture + background
+    mechanisms ("fg+bg") and the whole generator (shape + texture + background + compose,
+    "full"), images/s, in fp32 and under bf16 autocast with the model and inputs channels_last
+    (what ``cgn generate`` does on CPU) and, as a probe, bf16 contiguous and fp32 channels_last;
   * one training-step part: generator forward + backward (train mode) at ``--train-batch``, ms;
   * with ``--batch-sizes``: the full generator (bf16 channels_last) at several batch sizes.
 Plain and fused runs alternate within every round (order flipped each round) so that a
@@ -38,7 +38,7 @@ import torch
 
 from cgn.core.composer import compose
 from cgn.mnist.model import MnistCGN, load_generator
-from cgn.mnist.upconv import set_fused
+from cgn.mnist.mechanism import set_fused
 
 MODES = ("plain", "fused")
 
@@ -50,10 +50,10 @@ def gen_inputs(model: MnistCGN, n: int, seed: int = 0) -> dict:
 
 
 def run_gen(model: MnistCGN, inp: dict, scope: str) -> None:
-    mechs = ("foreground", "background") if scope == "fg+bg" else model.mechanisms
+    mechs = ("texture", "background") if scope == "fg+bg" else model.mechanisms
     out = {m: model.run_mechanism(m, **inp[m]) for m in mechs}
     if scope == "full":
-        compose(out["shape"].float(), out["foreground"].float(), out["background"].float())
+        compose(out["shape"].float(), out["texture"].float(), out["background"].float())
 
 
 def timed(fn, rounds: int) -> dict[str, float]:

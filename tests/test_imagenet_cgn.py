@@ -306,3 +306,32 @@ def test_cli_resume_keeps_the_runs_config(tmp_path, capsys):
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
     assert main(["imagenet", "train", "--preset", "tiny", "--out", str(out), "--quiet"]) == 2
     assert "--resume" in capsys.readouterr().err
+
+
+def test_sheet_noise_default_comes_from_the_download_root(shared_data, tmp_path, monkeypatch):
+    """The authors' sheet noise is looked up where `cgn download imagenet-sheet-noise` puts it
+    (digest-pinned; never beside the source tree); without it, or when it does not fit, the
+    noise is a seeded draw."""
+    from dataclasses import replace
+
+    from cgn.download import download, get_asset
+    from cgn.imagenet.config import ImageNetCGNConfig
+    from cgn.imagenet.train import fixed_noise
+    home = tmp_path / "home"
+    monkeypatch.setenv("CGN_HOME", str(home))
+    cfg = ImageNetCGNConfig()
+    u, source = fixed_noise(cfg, 128)
+    assert source.startswith("seeded") and u.shape == (1, 128)
+    theirs = shared_data / "cgn_reference" / "imagenet_u_fixed.pth"
+    asset = get_asset("imagenet-sheet-noise")
+    assert all("1cba9d4" in url for f in asset.files for url in f.urls)
+    mirror = replace(asset, files=tuple(replace(f, urls=(theirs.as_uri(),)) for f in asset.files))
+    download("imagenet-sheet-noise", home, assets=[mirror], log=lambda m: None)  # checks the sha256
+    u, source = fixed_noise(cfg, 128)
+    assert source == "authors' imagenet_u_fixed.pth"
+    assert torch.equal(u, torch.load(theirs, map_location="cpu", weights_only=True).float())
+    assert fixed_noise(cfg, 64)[1].startswith("seeded")
+    own = tmp_path / "u.pt"
+    torch.save(torch.ones(1, 128), own)
+    u, source = fixed_noise(override(cfg, {"train.fixed_noise": str(own)}), 128)
+    assert source == str(own) and torch.equal(u, torch.ones(1, 128))

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from cgn.config import to_dict
 from cgn.core.checkpoint import save_checkpoint
 from cgn.core.composer import compose
 from cgn.core.sampling import mechanism_seeds, sample, sample_plain, to_uint8
@@ -86,7 +87,7 @@ def test_tile_and_crop_equals_the_tiled_crop_with_gradients():
 
 def test_init_follows_config():
     m = MnistCGN(ModelConfig(init_type="normal", init_gain=0.03))
-    w = m.foreground.layers[3].weight
+    w = m.texture.layers[3].weight
     assert abs(float(w.detach().std()) - 0.03) < 0.005
     bn = m.shape.layers[5].weight
     assert abs(float(bn.detach().mean()) - 1) < 0.03
@@ -194,3 +195,29 @@ def test_reference_mismatches_are_clear_errors(shared_data, tmp_path):
         load_generator(ref_path(shared_data))
     with pytest.raises(CGNError):
         from_reference({"f_shape.0.weight": torch.zeros(1), "bogus": torch.zeros(1)})
+
+
+def test_old_texture_key_names_load_bit_exactly(tmp_path):
+    """Our checkpoints written before the texture mechanism was renamed store it as
+    ``foreground.*``; they load (load_generator, MnistCGN.load_weights) to the same tensors,
+    and the model samples the same images."""
+    torch.manual_seed(3)
+    cfg = preset("double-colored-mnist")
+    model = MnistCGN(cfg.model).eval()
+    state = model.state_dict()
+    old = {("foreground." + k[len("texture."):] if k.startswith("texture.") else k): v for k, v in state.items()}
+    assert sum(k.startswith("foreground.") for k in old) == sum(k.startswith("texture.") for k in state) > 0
+    path = tmp_path / "old.pt"
+    save_checkpoint(path, kind="mnist-cgn", step=0, config=to_dict(cfg), model=old)
+    loaded, _ = load_generator(path)
+    fresh = MnistCGN(cfg.model)
+    fresh.load_weights(old, "old keys")
+    for m in (loaded, fresh):
+        got = m.state_dict()
+        assert list(got) == list(state)
+        assert all(got[k].dtype == v.dtype and torch.equal(got[k], v) for k, v in state.items())
+    a = sample(model, 12, torch.arange(12) % 10, 3, 7, seed=1)
+    b = sample(loaded, 12, torch.arange(12) % 10, 3, 7, seed=1)
+    assert torch.equal(a.composite, b.composite) and torch.equal(a.mask, b.mask)
+    with pytest.raises(CGNError, match="missing key"):  # anything else still has to fit exactly
+        fresh.load_weights({k: v for k, v in old.items() if not k.startswith("foreground.")}, "partial")

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from cgn.cli import main
-from cgn.core.checkpoint import load_checkpoint
+from cgn.core.checkpoint import load_checkpoint, save_checkpoint
 from cgn.mnist import train as train_mod
 
 from conftest import require_mnist
@@ -196,3 +196,27 @@ def test_data_background_bias_and_resume_of_an_older_config(tmp_path):
     (plain / "config.json").write_text(json.dumps(record))
     assert main([*args[:-1], str(plain), "--steps", "2", "--resume"]) == 0
     assert _states(plain)["step"] == 2
+
+
+def test_a_checkpoint_with_the_old_texture_key_names_resumes_exactly(tmp_path):
+    """Runs written before the texture mechanism was renamed hold its weights as ``foreground.*``:
+    such a run resumes, and ends bit-identical to the same run with the current key names."""
+    require_mnist()
+    import shutil
+    new, old = tmp_path / "new", tmp_path / "old"
+    args = [a if a != str(STEPS) else "3" for a in TINY]
+    assert main(["train-cgn", *args, "--out", str(new)]) == 0
+    shutil.copytree(new, old)
+    last = old / "checkpoints" / "last.pt"
+    ck = load_checkpoint(last)
+    ck["model"] = {("foreground." + k[len("texture."):] if k.startswith("texture.") else k): v
+                   for k, v in ck["model"].items()}
+    assert any(k.startswith("foreground.layers.") for k in ck["model"])
+    save_checkpoint(last, **{k: ck[k] for k in ("kind", "step", "config", "model", "optim", "rng", "extra")})
+    for run in (new, old):
+        assert main(["train-cgn", *TINY, "--out", str(run), "--resume"]) == 0
+    a, b = _states(new), _states(old)
+    assert list(b["model"]) == list(a["model"])
+    for key in ("model", "optim", "step"):
+        _assert_same(a[key], b[key], key)
+    assert _losses(new) == _losses(old)

@@ -43,7 +43,7 @@ def test_train_resume_classify(tmp_path, capsys):
     a = load_checkpoint(full / "checkpoints" / "last.pt")["model"]
     b = load_checkpoint(part / "checkpoints" / "last.pt")["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
-    ra, rb = (json.loads((d / "result.json").read_text()) for d in (full, part))
+    ra, rb = (json.loads((d / "results.json").read_text()) for d in (full, part))
     assert ra["test_acc"] == rb["test_acc"] and ra["train_acc"] == rb["train_acc"]
     metrics = [json.loads(l) for l in (full / "metrics.jsonl").read_text().splitlines()]
     assert any("eval/test_acc" in r for r in metrics)

@@ -11,7 +11,7 @@ import torch
 
 from cgn.io import save_npz_atomic
 from cgn.mnist.quality import ShapeJudge, timeline_shape_accuracy
-from cgn.mnist.variants import _resize_nearest
+from cgn.mnist.variants import upscale_digits
 
 from conftest import require_mnist
 
@@ -24,7 +24,7 @@ def _timeline(run: Path) -> None:
     mnist = load_mnist()
     labels = np.repeat(np.arange(10), 2)
     picks = [np.flatnonzero(mnist.train_labels[50000:] == k)[:2] + 50000 for k in range(10)]
-    digits = (_resize_nearest(mnist.train_images[np.concatenate(picks)]) > 25).astype(np.float32)
+    digits = (upscale_digits(mnist.train_images[np.concatenate(picks)]) > 25).astype(np.float32)
     steps = np.arange(0, 2000, 250)
     masks = np.stack([np.zeros_like(digits) if s < 1000 else digits for s in steps])
     (run / "samples").mkdir(parents=True)

@@ -11,8 +11,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from cgn.mnist.model import MnistCGN
-from cgn.mnist.upconv import (FrozenLayers, _zero_phase_border, frozen_inference, is_fusable, phase_kernel,
-                              polyphase_kernel, run_layers, set_fused, upconv2x)
+from cgn.mnist.mechanism import frozen_inference, set_fused
+from cgn.mnist.upconv import (FrozenLayers, _zero_phase_border, is_fusable, phase_kernel, polyphase_kernel,
+                              run_layers, upconv2x)
 
 
 def plain(x, w, b=None):
@@ -102,7 +103,7 @@ def test_generator_fused_matches_plain(generator, train, dtype):
     The gradients reach O(100) and pass a clamp and instance norms, so they are compared in
     float64, where the two paths agree to ~1e-12."""
     fused = copy.deepcopy(generator).to(dtype)
-    assert fused.shape.fused and fused.foreground.fused and fused.background.fused
+    assert fused.shape.fused and fused.texture.fused and fused.background.fused
     plain_model = set_fused(copy.deepcopy(fused), False)
     assert not plain_model.shape.fused and not plain_model.background.fused
     assert list(plain_model.state_dict()) == list(fused.state_dict())
@@ -134,7 +135,7 @@ def test_generator_bf16_channels_last_generation(generator):
     for fused in (True, False):
         set_fused(model, fused)
         with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-            outs[fused] = model.run_mechanism("foreground", **inp).float()
+            outs[fused] = model.run_mechanism("texture", **inp).float()
     torch.testing.assert_close(outs[True], outs[False], atol=0.05, rtol=0.05)
 
 
@@ -161,7 +162,7 @@ def _randomise_bn(model):
     return model
 
 
-@pytest.mark.parametrize("mechanism", ["shape", "foreground", "background"])
+@pytest.mark.parametrize("mechanism", ["shape", "texture", "background"])
 def test_frozen_layers_equal_eval_layers_in_float64(generator, mechanism):
     model = _randomise_bn(copy.deepcopy(generator)).double().eval()
     layers = getattr(model, mechanism).layers
@@ -183,10 +184,10 @@ def test_frozen_inference_matches_the_model(generator, dtype, tol):
         ref = {m: model.run_mechanism(m, **(inp if m != "shape" else {k: inp[k] for k in ("labels", "noise")}))
                for m in model.mechanisms}
         with frozen_inference(model, dtype):
-            assert all(m.frozen is not None for m in (model.shape, model.foreground, model.background))
+            assert all(m.frozen is not None for m in (model.shape, model.texture, model.background))
             out = {m: model.run_mechanism(m, **(inp if m != "shape" else {k: inp[k] for k in ("labels", "noise")}))
                    for m in model.mechanisms}
-    assert model.shape.frozen is None and model.foreground.frozen is None  # released on exit
+    assert model.shape.frozen is None and model.texture.frozen is None  # released on exit
     for m in model.mechanisms:
         assert out[m].dtype == dtype
         torch.testing.assert_close(out[m].float(), ref[m], atol=tol, rtol=tol, msg=m)
@@ -198,7 +199,7 @@ def test_frozen_inference_matches_the_model(generator, dtype, tol):
 def test_frozen_layers_fall_back_when_the_fused_kernel_fails(generator, monkeypatch):
     import cgn.mnist.upconv as U
     model = _randomise_bn(copy.deepcopy(generator)).eval()
-    layers, z = model.foreground.layers, torch.randn(2, model.foreground.layers[0].in_features)
+    layers, z = model.texture.layers, torch.randn(2, model.texture.layers[0].in_features)
     with torch.no_grad():
         ref = layers(z)
 

@@ -69,7 +69,7 @@ def test_same_seed_same_bytes_other_seed_differs():
 def _digit_mask(split="train", n=None):
     from cgn.mnist.source import load_mnist
     m = load_mnist()
-    d = V._resize_nearest(m.train_images[:50000] if split == "train" else m.train_images[50000:])
+    d = V.upscale_digits(m.train_images[:50000] if split == "train" else m.train_images[50000:])
     return (d / 255.0 > V.BINARIZE_THRESHOLD)[:n]
 
 

@@ -64,9 +64,10 @@ def _gdrive(file_id: str) -> tuple[str, ...]:
 
 _S3 = "https://s3.amazonaws.com/models.huggingface.co/biggan"
 
-# The authors' repository at the commit of their release: the three MNIST CGNs and the DTD
-# textures of Wildlife MNIST. The digests are those of the released files (the MNIST CGNs' md5s
-# are published: 6711f40b..., 1fc47ee2..., eaff11c3...; the sha256 below are of the same bytes).
+# The authors' repository at the commit of their release: the three MNIST CGNs, the DTD
+# textures of Wildlife MNIST and the fixed noise of the ImageNet sample sheets. The digests are
+# those of the released files (the MNIST CGNs' md5s are published: 6711f40b..., 1fc47ee2...,
+# eaff11c3...; the sha256 below are of the same bytes).
 _CGN_REPO = "autonomousvision/counterfactual_generative_networks"
 _CGN_COMMIT = "1cba9d4ed334a436d9d1d2e1a3ab2a71235c3d41"
 
@@ -129,6 +130,11 @@ ASSETS: list[Asset] = [
     Asset("u2netp", (
         RemoteFile(_gdrive("1rbSTGKAE-MTxBYHd-51l2hMOQPT_7EPy"), "weights/u2netp.pth"),
     ), "U^2-Net small model (u2netp.pth, 4.7 MB)", note="Google Drive; no published digest"),
+    Asset("imagenet-sheet-noise", (
+        RemoteFile(_cgn_repo("imagenet/data/u_fixed.pth"), "weights/imagenet_u_fixed.pth",
+                   sha256="407932ee0990c3319d392699919157d0b642a79502594ff8d8fc224499083618"),
+    ), "the authors' fixed noise of the ImageNet CGN's sample sheets (u_fixed.pth, [1, 128], 1 KB): "
+       "the default of train.fixed_noise"),
     Asset("cgn-imagenet", (
         RemoteFile(_gdrive("12yVFHPUjKmUFGnO2D4xVlTSpF8CUj136"), "weights/cgn.pth"),
     ), "the authors' trained ImageNet CGN (cgn.pth: biggan_GT, f_shape, f_text, f_bg, u2net)",

@@ -18,12 +18,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "train-classifier", help="train the MNIST CNN on real / GAN / counterfactual data; report OOD accuracy",
         description="Train the paper's MNIST classifier (Adadelta 1.0, StepLR 0.7, batch 64, "
                     "10 epochs) on one of four training sets and report train and OOD test "
-                    "accuracy. Writes a run directory with config, metrics, checkpoint, result.json.")
+                    "accuracy. Writes a run directory with config, metrics, checkpoint, results.json.")
     cliargs.add_fields(p, ClassifierConfig, FIELDS, required=["dataset"])
     p.add_argument("--max-steps", type=int, default=None, metavar="N",
                    help="stop (with a checkpoint) after this many steps; --resume continues")
     p.add_argument("--out", required=True, metavar="RUN_DIR",
-                   help="run directory (config, metrics, checkpoints, result.json)")
+                   help="run directory (config, metrics, checkpoints, results.json)")
     p.add_argument("--resume", action="store_true", help=cliargs.RESUME_HELP)
     cliargs.add_config_options(p, "gamma=0.5")
     p.set_defaults(func=_train)

@@ -34,7 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--reference-format", action="store_true",
                    help="the checkpoint is one of the authors' plain state dicts")
     p.add_argument("--shape", default="random", help="shape label(s): digit, list or 'random'")
-    p.add_argument("--texture", default="random", help="foreground texture label(s)")
+    p.add_argument("--texture", default="random", help="texture label(s), painting the foreground")
     p.add_argument("--background", default="random", help="background label(s)")
     p.add_argument("--n", type=int, default=100, help="number of samples (default 100)")
     p.add_argument("--seed", type=int, default=0,

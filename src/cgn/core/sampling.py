@@ -5,7 +5,8 @@ A CGN generates ``x = m * f + (1 - m) * b`` from three independent mechanisms. T
 gets its own label and its own random stream. This module does that for any model that
 implements :class:`CounterfactualModel`:
 
-- ``mechanisms``: the names ``("shape", "foreground", "background")``;
+- ``mechanisms``: the names ``("shape", "texture", "background")`` (their outputs: the mask m,
+  the foreground f and the background b);
 - ``n_classes``;
 - ``draw_latents(mechanism, n, generator) -> dict[str, Tensor]``: everything random a mechanism
   needs for ``n`` samples (noise, and e.g. the MNIST texture crop offsets), drawn on the CPU from
@@ -33,7 +34,7 @@ from cgn.core.composer import compose
 from cgn.core.progress import progress
 from cgn.errors import CGNError
 
-MECHANISMS = ("shape", "foreground", "background")
+MECHANISMS = ("shape", "texture", "background")
 BLOCK = 1024  # latents are drawn in blocks of this many items (batch-size independence)
 
 
@@ -136,16 +137,16 @@ def _split(out) -> tuple[torch.Tensor, dict]:
     return (out[0], dict(out[1])) if isinstance(out, tuple) else (out, {})
 
 
-def iter_samples(model: CounterfactualModel, n: int, shape, foreground, background, *,
+def iter_samples(model: CounterfactualModel, n: int, shape, texture, background, *,
                  seed: int | None = None, seeds: dict[str, int] | None = None,
                  shared_noise: bool = False, batch_size: int = 500,
                  device: torch.device | str | None = None, desc: str = "") -> Iterator[CGNSample]:
     """Yield samples ``0..n-1`` in batches of ``batch_size``.
 
-    shape / foreground / background: one label or ``n`` labels per mechanism. Give either one
+    shape / texture / background: one label or ``n`` labels per mechanism. Give either one
     ``seed`` (per-mechanism seeds are derived from it) or ``seeds`` per mechanism. With
-    ``shared_noise`` the foreground and background reuse the shape mechanism's noise (a plain
-    CGN sample when the three labels agree). The model runs in eval mode without gradients.
+    ``shared_noise`` the texture and background mechanisms reuse the shape mechanism's noise (a
+    plain CGN sample when the three labels agree). The model runs in eval mode without gradients.
     """
     if n < 1:
         raise CGNError("the number of samples must be >= 1")
@@ -161,7 +162,7 @@ def iter_samples(model: CounterfactualModel, n: int, shape, foreground, backgrou
     if set(seeds) != set(MECHANISMS):
         raise CGNError(f"seeds needed for {MECHANISMS}, got {sorted(seeds)}")
     labels = {m: _as_labels(y, n, model.n_classes, m)
-              for m, y in zip(MECHANISMS, (shape, foreground, background))}
+              for m, y in zip(MECHANISMS, (shape, texture, background))}
     if device is None:
         device = next(model.parameters()).device  # type: ignore[attr-defined]
     streams = {m: LatentStream(model, m, seeds[m]) for m in MECHANISMS}
@@ -170,7 +171,7 @@ def iter_samples(model: CounterfactualModel, n: int, shape, foreground, backgrou
             k = min(batch_size, n - start)
             lat = {m: streams[m].take(start, k) for m in MECHANISMS}
             if shared_noise:
-                for m in ("foreground", "background"):
+                for m in ("texture", "background"):
                     lat[m]["noise"] = lat["shape"]["noise"]
             outs, extras = {}, {}
             for m in MECHANISMS:
@@ -178,17 +179,17 @@ def iter_samples(model: CounterfactualModel, n: int, shape, foreground, backgrou
                 out, ex = _split(model.run_mechanism(m, y, **{a: v.to(device) for a, v in lat[m].items()}))
                 outs[m] = out
                 extras.update({f"{m}.{a}": v.float().cpu() for a, v in ex.items()})
-            mask, fg, bg = outs["shape"], outs["foreground"], outs["background"]
-            x = compose(mask, fg, bg)
-            yield CGNSample(mask=mask.float().cpu(), foreground=fg.float().cpu(),
-                            background=bg.float().cpu(), composite=x.float().cpu(),
+            mask, f, b = outs["shape"], outs["texture"], outs["background"]
+            x = compose(mask, f, b)
+            yield CGNSample(mask=mask.float().cpu(), foreground=f.float().cpu(),
+                            background=b.float().cpu(), composite=x.float().cpu(),
                             labels={m: labels[m][start:start + k] for m in MECHANISMS},
                             seeds=dict(seeds), start=start, extras=extras)
 
 
-def sample(model: CounterfactualModel, n: int, shape, foreground, background, **kw) -> CGNSample:
+def sample(model: CounterfactualModel, n: int, shape, texture, background, **kw) -> CGNSample:
     """All of :func:`iter_samples` in one :class:`CGNSample`."""
-    return CGNSample.cat(list(iter_samples(model, n, shape, foreground, background, **kw)))
+    return CGNSample.cat(list(iter_samples(model, n, shape, texture, background, **kw)))
 
 
 def sample_plain(model: CounterfactualModel, labels, n: int | None = None, *, seed: int, **kw) -> CGNSample:

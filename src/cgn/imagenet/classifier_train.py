@@ -36,6 +36,7 @@ from cgn.core.checkpoint import load_checkpoint, load_state_dict_strict
 from cgn.core.classifier_eval import topk_correct
 from cgn.core.classifier_trainer import StepOutput, Trainer, batchnorm_eval
 from cgn.core.distributed import DistInfo
+from cgn.core.results import write_results
 from cgn.core.seeding import seed_everything
 from cgn.errors import CGNError
 from cgn.imagenet.cfdata import CounterfactualDataset
@@ -43,7 +44,6 @@ from cgn.imagenet.classifier_config import ClassifierTrainConfig, config_from_di
 from cgn.imagenet.ensemble import HEADS, InvariantEnsemble, PlainClassifier, weights_arg
 from cgn.imagenet.evaluate import evaluate_all
 from cgn.imagenet.imagefolder import ImageNetFolder, train_transform
-from cgn.io import write_json_atomic
 
 KIND = "imagenet-classifier"
 
@@ -135,7 +135,7 @@ def train_classifier(cfg: ClassifierTrainConfig, out: str | os.PathLike, *, resu
         trainer.emit({"step": 0, "epoch": 0, **{f"eval/{k}": v for k, v in metrics.items()}})
     result = trainer.fit()
     if dist.is_main:
-        write_json_atomic(Path(out) / "final_metrics.json", result)
+        write_results(out, result)
     return result
 
 

@@ -126,9 +126,8 @@ class TrainConfig:
         "help": "classes of the sample sheets"})
     sample_truncation: float = field(default=0.5, metadata={"help": "truncation of sample sheets"})
     fixed_noise: str = field(default="", metadata={
-        "help": "(1, z_dim) noise file of the sample sheets; empty = the authors' "
-                "imagenet_u_fixed.pth from the reference data folder ($CGN_SHARED_DATA) when "
-                "present and fitting, else seeded"})
+        "help": "(1, z_dim) noise file of the sample sheets; empty = the authors' (cgn download "
+                "imagenet-sheet-noise) when present and fitting, else seeded"})
 
     def __post_init__(self):
         check(self.episodes >= 1 and self.batch_size >= 1 and self.batch_acc >= 1,

@@ -9,13 +9,15 @@
     x_gen           = compose(m, f, b)                 the analytic composer
 
 All four BigGANs start from the same weights; U²-Net and G_gt stay frozen and in eval mode
-(also when the CGN is put in training mode). Attribute names are those of the authors' code,
-so their ``cgn.pth`` (keys ``biggan_GT.*, f_shape.*, f_text.*, f_bg.*, u2net.*``, possibly with a
-``module.`` prefix) loads strictly. Class inputs are class *vectors* ``[B, 1000]`` (one-hot, or
-mixtures of one-hots for interpolations in class-embedding space).
+(also when the CGN is put in training mode). The attribute names are the state-dict layout of the
+authors' code, so their ``cgn.pth`` (keys ``biggan_GT.*, f_shape.*, f_text.*, f_bg.*, u2net.*``,
+possibly with a ``module.`` prefix) loads strictly; everywhere else the mechanisms are called
+``shape``, ``texture`` and ``background`` (:data:`TRAINABLE` maps them to the attributes).
+Class inputs are class *vectors* ``[B, 1000]`` (one-hot, or mixtures of one-hots for
+interpolations in class-embedding space).
 
 The model also implements :class:`cgn.core.sampling.CounterfactualModel` (mechanisms
-``shape / foreground / background``, one truncated noise vector per item), so the generic
+``shape / texture / background``, one truncated noise vector per item), so the generic
 counterfactual sampler works with it.
 
 Reference: docs/reference.md#imagenet-mechanisms.
@@ -41,7 +43,7 @@ from cgn.imagenet.texture import TextureMechanism
 from cgn.imagenet.u2net import U2Net, U2NetConfig, fill_missing_bn_counters, freeze
 
 CHECKPOINT_KIND = "imagenet-cgn"
-TRAINABLE = {"shape": "f_shape", "texture": "f_text", "background": "f_bg"}
+TRAINABLE = {"shape": "f_shape", "texture": "f_text", "background": "f_bg"}  # mechanism -> attribute
 _PHI_2 = 0.5 * (1 + math.erf(2 / math.sqrt(2)))  # Φ(2)
 
 
@@ -70,7 +72,7 @@ class CGNOutput:
 
 
 class ImageNetCGN(nn.Module):
-    mechanisms = ("shape", "foreground", "background")
+    mechanisms = ("shape", "texture", "background")
 
     def __init__(self, biggan_config: BigGANConfig, u2net_config: U2NetConfig,
                  mask_clamp: float = 1e-4, truncation: float = 0.5):
@@ -136,7 +138,7 @@ class ImageNetCGN(nn.Module):
         if mechanism == "shape":
             mask, premask = self.f_shape.mask(noise, y, self.truncation, self.u2net, self.mask_clamp)
             return mask, {"premask": premask}
-        if mechanism == "foreground":
+        if mechanism == "texture":
             return self.f_text.foreground(noise, y, self.truncation)
         if mechanism == "background":
             b, sal = self.f_bg.background(noise, y, self.truncation, self.u2net)

@@ -1,4 +1,4 @@
-"""The texture (foreground) mechanism f_text of the ImageNet CGN.
+"""The texture mechanism f_text of the ImageNet CGN; its output is the foreground f.
 
 f_text is a BigGAN-deep (initialised from the public checkpoint) that paints the object's
 texture: ``f = f_text(u, y_texture)`` [B, 3, R, R] in [-1, 1]. Only the masked part of f enters

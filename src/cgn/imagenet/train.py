@@ -41,13 +41,7 @@ from cgn.errors import CGNError
 from cgn.imagenet.config import ImageNetCGNConfig
 from cgn.imagenet.losses import LOSS_NAMES, ImageNetCGNLosses
 from cgn.imagenet.model import CHECKPOINT_KIND, ImageNetCGN, build_cgn, truncated_noise
-
-
-def shared_data_dir() -> Path:
-    env = os.environ.get("CGN_SHARED_DATA")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parents[3] / ".." / "shared" / "data"
+from cgn.imagenet.weights import default_weight_path
 
 
 def step_generator(seed: int, episode: int, micro: int, rank: int) -> torch.Generator:
@@ -63,7 +57,7 @@ def fixed_noise(cfg: ImageNetCGNConfig, z_dim: int) -> tuple[torch.Tensor, str]:
         if not isinstance(u, torch.Tensor) or tuple(u.shape) != (1, z_dim):
             raise CGNError(f"fixed noise {cfg.train.fixed_noise} must be a (1, {z_dim}) tensor")
         return u.float(), cfg.train.fixed_noise
-    ref = shared_data_dir() / "cgn_reference" / "imagenet_u_fixed.pth"
+    ref = default_weight_path("fixed_noise")  # `cgn download imagenet-sheet-noise` puts it there
     if ref.is_file():
         u = torch_load(ref, what="fixed noise")
         if isinstance(u, torch.Tensor) and tuple(u.shape) == (1, z_dim):

@@ -20,6 +20,7 @@ WEIGHT_ASSETS = {
     "u2net": ("u2net", "weights/u2net.pth"),
     "cgn": ("cgn-imagenet", "weights/cgn.pth"),
     "vgg16": ("vgg16", "weights/vgg16-397923af.pth"),
+    "fixed_noise": ("imagenet-sheet-noise", "weights/imagenet_u_fixed.pth"),
 }
 
 

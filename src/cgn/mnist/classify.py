@@ -169,7 +169,7 @@ def _accuracy(model, dataset: Dataset, device) -> float:
 
 def train_classifier(cfg: ClassifierConfig, out: str | Path, resume: bool = False,
                      max_steps: int | None = None) -> dict:
-    """Train (or resume) and evaluate; writes ``result.json`` in ``out`` and returns it."""
+    """Train (or resume) and evaluate; writes ``results.json`` in ``out`` and returns it."""
     device = resolve_device(cfg.device)
     precision = resolve_precision(cfg.precision, device)
     seed_everything(cfg.seed)
@@ -213,8 +213,8 @@ def train_classifier(cfg: ClassifierConfig, out: str | Path, resume: bool = Fals
         "n_train": len(train), "n_test": len(test_ds), "epochs": cfg.epochs, **info,
         "texture_set": test["meta"]["texture_set"], "precision": precision.as_dict(),
     }
-    from cgn.io import write_json_atomic
-    write_json_atomic(Path(out) / "result.json", result)
+    from cgn.core.results import write_results
+    write_results(out, result)
     return result
 
 

@@ -47,13 +47,13 @@ from cgn.core.progress import progress
 from cgn.core.sampling import to_uint8
 from cgn.errors import CGNError
 from cgn.io import atomic_write, file_digest, read_json, save_npz_atomic, write_json_atomic
-from cgn.mnist.upconv import frozen_inference
+from cgn.mnist.mechanism import frozen_inference
 
 FORMAT = "cgn-counterfactuals/1"
 # How images are computed from the seeds. The same seeds give the same images up to float
 # rounding across renderers; bit-exact regeneration needs the renderer that wrote the shard.
 #   layers-1: the mechanisms layer by layer under bf16 autocast (datasets made before 2026-11-28)
-#   frozen-1: cgn.mnist.upconv.frozen_inference (folded BatchNorm, fused kernels, polyphase)
+#   frozen-1: cgn.mnist.mechanism.frozen_inference (folded BatchNorm, fused kernels, polyphase)
 RENDERER = "frozen-1"
 
 
@@ -124,7 +124,7 @@ def image_seeds(seed: int, index: np.ndarray) -> np.ndarray:
 
 
 # Salts that derive each mechanism's seed / label from an image seed.
-_SALT = {"shape": 11, "foreground": 12, "background": 13, "label_shape": 21,
+_SALT = {"shape": 11, "texture": 12, "background": 13, "label_shape": 21,
          "label_texture": 22, "label_background": 23}
 
 
@@ -174,17 +174,17 @@ def render(model, labels: dict[str, np.ndarray], counterfactual: bool, precision
     # mechanism runs once per distinct seed and its output is repeated.
     shape_seeds, first, inverse = np.unique(labels["shape_seed"], return_index=True, return_inverse=True)
     lat_s = _latents(model, "shape", shape_seeds)
-    lat_f = _latents(model, "foreground", labels["seed"])
+    lat_t = _latents(model, "texture", labels["seed"])
     lat_b = _latents(model, "background", labels["seed"])
     if not counterfactual:  # a plain sample: all three mechanisms share the shape noise
-        lat_f["noise"] = lat_b["noise"] = lat_s["noise"][torch.from_numpy(inverse)]
+        lat_t["noise"] = lat_b["noise"] = lat_s["noise"][torch.from_numpy(inverse)]
     ys = {k: torch.from_numpy(labels[k]).to(device) for k in ("shape", "texture", "background")}
     dev = lambda d: {k: v.to(device) for k, v in d.items()}  # noqa: E731
     precision = resolve_precision(precision, device).name
     with torch.no_grad(), _precision(precision, device):
         m = model.run_mechanism("shape", ys["shape"][torch.from_numpy(first).to(device)], **dev(lat_s))
         m = m[torch.from_numpy(inverse).to(device)]
-        f = model.run_mechanism("foreground", ys["texture"], **dev(lat_f))
+        f = model.run_mechanism("texture", ys["texture"], **dev(lat_t))
         b = model.run_mechanism("background", ys["background"], **dev(lat_b))
         x = compose(m.float(), f.float(), b.float())
     return to_uint8(x), m.float()[:, 0].cpu().numpy()

@@ -1,11 +1,13 @@
 """The MNIST CGN: three independent mechanisms and the analytic composer.
 
-    u_shape, u_fg, u_bg ~ N(0, I_32)          noise, one per mechanism
-    e = Embedding(10, 10)                      one label embedding shared by all mechanisms
-    m = shape([u_shape, e(y_shape)])           [B, 1, 32, 32] in (0, 1)
-    f = foreground([u_fg, e(y_fg)])            [B, 3, 32, 32] in [-1, 1]  (tile-and-crop texture)
-    b = background([u_bg, e(y_bg)])            [B, 3, 32, 32] in [-1, 1]  (tile-and-crop texture)
-    x = compose(m, f, b) = m*f + (1-m)*b       (cgn.core.composer)
+    u_shape, u_texture, u_background ~ N(0, I_32)    noise, one per mechanism
+    e = Embedding(10, 10)                            one label embedding shared by all mechanisms
+    m = shape([u_shape, e(y_shape)])                 the mask        [B, 1, 32, 32] in (0, 1)
+    f = texture([u_texture, e(y_texture)])           the foreground  [B, 3, 32, 32] in [-1, 1]
+    b = background([u_background, e(y_background)])  the background  [B, 3, 32, 32] in [-1, 1]
+    x = compose(m, f, b) = m*f + (1-m)*b             (cgn.core.composer)
+
+f and b are tile-and-crop textures (:mod:`cgn.mnist.texture`).
 
 In training (and in a plain sample) the three mechanisms get the same label and the same noise;
 counterfactuals give each its own (:mod:`cgn.core.sampling`).
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Mapping
 
 import torch
 from torch import nn
@@ -29,6 +32,9 @@ from cgn.mnist.shape import ShapeMechanism
 from cgn.mnist.texture import TextureMechanism, draw_offsets
 
 CHECKPOINT_KIND = "mnist-cgn"
+# State-dict prefixes that our checkpoints once wrote under another name (old -> current): the
+# texture mechanism was the attribute ``foreground``. :meth:`MnistCGN.load_weights` renames them.
+RENAMED_PREFIXES = {"foreground.": "texture."}
 
 
 @dataclass
@@ -62,7 +68,7 @@ def init_weights(module: nn.Module, init_type: str, gain: float) -> None:
 
 
 class MnistCGN(nn.Module):
-    mechanisms = ("shape", "foreground", "background")
+    mechanisms = ("shape", "texture", "background")
 
     def __init__(self, cfg: ModelConfig | None = None):
         super().__init__()
@@ -74,7 +80,7 @@ class MnistCGN(nn.Module):
         in_dim = cfg.latent_dim + cfg.n_classes
         self.label_emb = nn.Embedding(cfg.n_classes, cfg.n_classes)
         self.shape = ShapeMechanism(in_dim, cfg.ngf, cfg.img_size)
-        self.foreground = TextureMechanism(in_dim, cfg.ngf, cfg.img_size)
+        self.texture = TextureMechanism(in_dim, cfg.ngf, cfg.img_size)
         self.background = BackgroundMechanism(in_dim, cfg.ngf, cfg.img_size)
         init_weights(self, cfg.init_type, cfg.init_gain)
 
@@ -85,7 +91,7 @@ class MnistCGN(nn.Module):
         noise = torch.randn(n, self.latent_dim, generator=generator)
         if mechanism == "shape":
             return {"noise": noise}
-        if mechanism in ("foreground", "background"):
+        if mechanism in ("texture", "background"):
             return {"noise": noise, "offsets": draw_offsets(n, self.img_size, generator)}
         raise ValueError(f"unknown mechanism {mechanism!r}")
 
@@ -96,31 +102,49 @@ class MnistCGN(nn.Module):
             return self.shape(z)
         if offsets is None:
             raise ValueError(f"the {mechanism} mechanism needs crop offsets")
-        if mechanism == "foreground":
-            return self.foreground(z, offsets)
+        if mechanism == "texture":
+            return self.texture(z, offsets)
         if mechanism == "background":
             return self.background(z, offsets)
         raise ValueError(f"unknown mechanism {mechanism!r}")
 
     # --- training-time sampling ---------------------------------------------------------------
 
-    def forward(self, labels: torch.Tensor, noise: torch.Tensor, fg_offsets: torch.Tensor,
-                bg_offsets: torch.Tensor) -> CGNOutput:
+    def forward(self, labels: torch.Tensor, noise: torch.Tensor, texture_offsets: torch.Tensor,
+                background_offsets: torch.Tensor) -> CGNOutput:
         """A plain sample: the same labels [B] and noise [B, latent] for all three mechanisms."""
         mask = self.run_mechanism("shape", labels, noise)
-        fg = self.run_mechanism("foreground", labels, noise, fg_offsets)
-        bg = self.run_mechanism("background", labels, noise, bg_offsets)
-        return CGNOutput(mask, fg, bg, compose(mask, fg, bg))
+        f = self.run_mechanism("texture", labels, noise, texture_offsets)
+        b = self.run_mechanism("background", labels, noise, background_offsets)
+        return CGNOutput(mask, f, b, compose(mask, f, b))
 
     def sample_inputs(self, n: int, generator: torch.Generator | None = None,
                       device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
         """Labels (uniform), noise and both crop offsets for a training batch of ``n``."""
         labels = torch.randint(self.n_classes, (n,), generator=generator)
         noise = torch.randn(n, self.latent_dim, generator=generator)
-        fo = draw_offsets(n, self.img_size, generator)
-        bo = draw_offsets(n, self.img_size, generator)
+        t_off = draw_offsets(n, self.img_size, generator)
+        b_off = draw_offsets(n, self.img_size, generator)
         return {"labels": labels.to(device), "noise": noise.to(device),
-                "fg_offsets": fo.to(device), "bg_offsets": bo.to(device)}
+                "texture_offsets": t_off.to(device), "background_offsets": b_off.to(device)}
+
+    # --- loading ------------------------------------------------------------------------------
+
+    def load_weights(self, state: Mapping[str, torch.Tensor], source: str) -> None:
+        """Load a state dict strictly (a mismatch is one CGNError line naming ``source``). Keys
+        under an old name (:data:`RENAMED_PREFIXES`) are renamed first, tensors untouched, so
+        checkpoints written before a rename load bit for bit."""
+        from cgn.core.checkpoint import load_state_dict_strict
+        load_state_dict_strict(self, current_keys(state), source)
+
+
+def current_keys(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state`` with every key under an old prefix (:data:`RENAMED_PREFIXES`) renamed."""
+    out = {}
+    for key, value in state.items():
+        old = next((p for p in RENAMED_PREFIXES if key.startswith(p)), None)
+        out[RENAMED_PREFIXES[old] + key[len(old):] if old else key] = value
+    return out
 
 
 def count_parameters(model: nn.Module) -> dict[str, int]:
@@ -133,7 +157,7 @@ def load_generator(path: str | os.PathLike, reference_format: bool = False,
                    device: torch.device | str = "cpu") -> tuple[MnistCGN, dict]:
     """A generator from a cgn checkpoint (``kind='mnist-cgn'``) or, with ``reference_format``,
     from one of the authors' plain state dicts. Returns (model in eval mode, info dict)."""
-    from cgn.core.checkpoint import load_checkpoint, load_state_dict_strict
+    from cgn.core.checkpoint import load_checkpoint
     from cgn.mnist.config import config_from_dict
     from cgn.mnist.reference import load_reference
 
@@ -143,7 +167,7 @@ def load_generator(path: str | os.PathLike, reference_format: bool = False,
         ckpt = load_checkpoint(path, kind=CHECKPOINT_KIND)
         cfg = config_from_dict(ckpt["config"])
         model = MnistCGN(cfg.model)
-        load_state_dict_strict(model, ckpt["model"], f"checkpoint {path}")
+        model.load_weights(ckpt["model"], f"checkpoint {path}")
         info = {"format": "cgn", "path": str(path), "step": ckpt["step"], "preset": cfg.preset,
                 "dataset": cfg.train.dataset,
                 "feature_extractor": ckpt.get("extra", {}).get("feature_extractor", "")}

@@ -59,8 +59,8 @@ class ShapeJudge:
             return cached
         from cgn.mnist.source import load_mnist
         mnist = load_mnist()
-        from cgn.mnist.variants import _resize_nearest
-        digits = _resize_nearest(mnist.train_images[:50000]) > 25  # 32x32, binarised like double-colored
+        from cgn.mnist.variants import upscale_digits
+        digits = upscale_digits(mnist.train_images[:50000]) > 25  # 32x32, binarised like double-colored
         x = torch.from_numpy(digits.reshape(len(digits), -1).astype(np.float32))
         y = torch.nn.functional.one_hot(torch.from_numpy(mnist.train_labels[:50000].astype(np.int64)), 10).float()
         g = torch.Generator().manual_seed(0)

@@ -4,9 +4,9 @@ The released files (``{colored,double_colored,wildlife}_mnist.pth``) are plain s
 from a GPU, with keys
 
     label_emb.weight                  the shared label embedding
-    f_shape.<i>.*                     the shape mechanism          -> shape.layers.<i>.*
-    f_text1.<i>.*                     the foreground texture        -> foreground.layers.<i>.*
-    f_text2.<i>.*                     the background texture        -> background.layers.<i>.*
+    f_shape.<i>.*                     the shape mechanism           -> shape.layers.<i>.*
+    f_text1.<i>.*                     the texture mechanism         -> texture.layers.<i>.*
+    f_text2.<i>.*                     the background mechanism      -> background.layers.<i>.*
 
 Our mechanisms keep the authors' layer order, so only the prefixes change. BatchNorm entries
 carry running statistics (used in eval mode). Every key and every shape must match: anything
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from cgn.core.checkpoint import FORMAT, load_state_dict_strict, torch_load
+from cgn.core.checkpoint import FORMAT, torch_load
 from cgn.errors import CGNError, warn
 from cgn.io import file_digest
 from cgn.mnist.config import ModelConfig
@@ -29,7 +29,7 @@ from cgn.mnist.model import MnistCGN
 PREFIXES = {  # authors' prefix -> ours
     "label_emb.": "label_emb.",
     "f_shape.": "shape.layers.",
-    "f_text1.": "foreground.layers.",
+    "f_text1.": "texture.layers.",
     "f_text2.": "background.layers.",
 }
 
@@ -102,6 +102,6 @@ def load_reference(path: str | os.PathLike, cfg: ModelConfig | None = None) -> t
                        "CGN files are, e.g. double_colored_mnist.pth")
     model = MnistCGN(cfg or ModelConfig())
     state = {k: v.to("cpu") for k, v in from_reference(state, str(path)).items()}
-    load_state_dict_strict(model, state, f"reference checkpoint {path}")
+    model.load_weights(state, f"reference checkpoint {path}")
     info = {"format": "reference", "path": str(path), "md5": md5, "dataset": dataset}
     return model.eval(), info

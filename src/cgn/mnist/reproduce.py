@@ -35,6 +35,7 @@ import numpy as np
 
 from cgn.config import check
 from cgn.core.lock import share_with_children
+from cgn.core.results import read_results, results_path
 from cgn.core.rundir import RunDir
 from cgn.core.workers import run_in_workers
 from cgn.errors import CGNError
@@ -56,13 +57,13 @@ def reference_checkpoint(reference_dir: str, dataset: str) -> Path:
     return path
 
 
-def finished_cgn_run(dataset: str, run_dir: str | Path) -> Path:
-    """The results.json of a finished ``cgn train-cgn`` run given as ``--cgn-run dataset=run_dir``."""
-    path = Path(run_dir) / "results.json"
-    if not path.is_file():
+def finished_cgn_run(dataset: str, run_dir: str | Path) -> dict:
+    """The results of a finished ``cgn train-cgn`` run given as ``--cgn-run dataset=run_dir``."""
+    res = read_results(run_dir)
+    if res is None:
         raise CGNError(f"--cgn-run {dataset}={run_dir}: no results.json there; finish that "
                        "`cgn train-cgn` run first (rerun it with --resume)")
-    return path
+    return res
 
 
 @dataclass
@@ -165,9 +166,8 @@ class Reproduction:
         if kind == "reference":
             return reference_checkpoint(self.cfg.reference_dir, dataset), True, None
         if kind == "trained" and dataset in self.cfg.cgn_runs:
-            res_path = finished_cgn_run(dataset, self.cfg.cgn_runs[dataset])
-            run_dir = res_path.parent
-            res = json.loads(res_path.read_text())
+            run_dir = Path(self.cfg.cgn_runs[dataset])
+            res = finished_cgn_run(dataset, run_dir)
             if res.get("dataset") != dataset:
                 raise CGNError(f"--cgn-run {dataset}={run_dir} holds a {res.get('dataset')} CGN")
             ckpt = Path(res["checkpoint"])
@@ -190,12 +190,11 @@ class Reproduction:
             changes["loss.ssim_weight"] = self.cfg.ssim_weight
         cfg = override(cfg, changes)
         run_dir = self.out / dataset / kind / "cgn"
-        res_path = run_dir / "results.json"
-        if not res_path.exists():
+        if results_path(run_dir) is None:
             self.run.log(f"[{dataset}] training a CGN ({kind}): {cfg.train.max_steps or cfg.train.epochs} "
                          f"{'steps' if cfg.train.max_steps else 'epochs'}")
             train(cfg, run_dir, resume=True)
-        res = json.loads(res_path.read_text())
+        res = read_results(run_dir)
         self.run.log(f"[{dataset}] CGN ({kind}) ready: mask mean {res.get('mask_mean', float('nan')):.3f}, "
                      f"style features {res.get('feature_extractor', {}).get('kind', '?')}", echo=False)
         return Path(res["checkpoint"]), False, run_dir
@@ -222,8 +221,9 @@ class Reproduction:
                    n: int) -> dict:
         name = f"clf-{train_set}" + (f"-{n}" if train_set != "real" else "")
         out = self.out / dataset / (kind or "real") / name
-        if (out / "result.json").exists():
-            return json.loads((out / "result.json").read_text())
+        done = read_results(out)
+        if done is not None:
+            return done
         ccfg = ClassifierConfig(dataset=dataset, train_set=train_set,
                                 generated=None if generated is None else str(generated),
                                 epochs=self.cfg.epochs, seed=self.cfg.seed, data_seed=self.cfg.data_seed,

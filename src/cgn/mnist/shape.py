@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from cgn.mnist.upconv import Mechanism
+from cgn.mnist.mechanism import Mechanism
 
 MASK_EPS = 1e-4
 

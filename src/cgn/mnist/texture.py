@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from cgn.mnist.shape import Reshape, upsample_block
-from cgn.mnist.upconv import Mechanism
+from cgn.mnist.mechanism import Mechanism
 
 
 def draw_offsets(n: int, img_size: int, generator: torch.Generator | None = None,

@@ -29,7 +29,8 @@ class TextureSet:
     name: str                # "procedural" or "folder:<name>:<digest12>"
 
 
-def _resize_nearest(img: Image.Image) -> np.ndarray:
+def _as_texture(img: Image.Image) -> np.ndarray:
+    """An image as a texture: RGB uint8 [TEXTURE_SIZE, TEXTURE_SIZE, 3], resized by PIL's nearest."""
     return np.asarray(img.convert("RGB").resize((TEXTURE_SIZE, TEXTURE_SIZE), Image.NEAREST), dtype=np.uint8)
 
 
@@ -54,7 +55,7 @@ def load_texture_folder(folder: str | os.PathLike) -> TextureSet:
                 with warnings.catch_warnings():
                     warnings.simplefilter("error", Image.DecompressionBombWarning)
                     with Image.open(files[0]) as im:
-                        imgs.append(_resize_nearest(im))
+                        imgs.append(_as_texture(im))
             except (Image.DecompressionBombWarning, Image.DecompressionBombError):
                 raise CGNError(f"{files[0]} is far too large for a texture (a decompression bomb?); "
                                "use an image of at most a few megapixels") from None

@@ -45,6 +45,7 @@ from cgn.core.losses import (STYLE_SCALE, StyleLoss, lsgan_discriminator_loss, l
 from cgn.core.perceptual import FeatureSource, load_vgg16
 from cgn.core.interrupt import StepBoundary
 from cgn.core.progress import progress
+from cgn.core.results import write_results
 from cgn.core.rundir import RunDir
 from cgn.core.sampling import eval_mode
 from cgn.core.seeding import rng_state, seed_everything, set_rng_state
@@ -224,7 +225,7 @@ class Trainer:
 
     def _restore(self, path: Path) -> None:
         ckpt = load_checkpoint(path, kind=CHECKPOINT_KIND)
-        self.G.load_state_dict(ckpt["model"])
+        self.G.load_weights(ckpt["model"], f"checkpoint {path}")
         self.D.load_state_dict(ckpt["extra"]["discriminator"])
         self.opt_g.load_state_dict(ckpt["optim"]["generator"])
         self.opt_d.load_state_dict(ckpt["optim"]["discriminator"])
@@ -369,7 +370,7 @@ class Trainer:
                              if k not in ("step", "epoch", "sec_per_step")},
             "checkpoint": str((self.run.checkpoints / "final.pt").resolve()),
         }
-        write_json_atomic(self.out / "results.json", results)
+        write_results(self.out, results)
         self.run.log(f"done: {self.step} steps, mask mean {stats['mask_mean']:.3f}, shape accuracy "
                      f"{stats.get('shape_accuracy', float('nan')):.3f}, {self.elapsed / 60:.1f} min of training")
         return results

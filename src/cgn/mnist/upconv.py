@@ -27,15 +27,14 @@ gradients agree with it up to float rounding.
 Additions are not autocast, so under bf16 autocast the summed kernel is formed in the weight's
 dtype and rounded once by the convolution's cast.
 
-Inference (:func:`frozen_inference`, used by counterfactual generation) goes further on a
-snapshot of the weights: BatchNorm folded into the conv before it, the activation computed inside
-oneDNN's convolution kernel, and a 3x3 conv that follows an up-conv applied to the up-conv's
-phase map directly (:func:`polyphase_kernel`), so the largest feature map is never interleaved.
+Inference (:class:`FrozenLayers`, used by :func:`cgn.mnist.mechanism.frozen_inference` in
+counterfactual generation) goes further on a snapshot of the weights: BatchNorm folded into the
+conv before it, the activation computed inside oneDNN's convolution kernel, and a 3x3 conv that
+follows an up-conv applied to the up-conv's phase map directly (:func:`polyphase_kernel`), so
+the largest feature map is never interleaved.
 """
 
 from __future__ import annotations
-
-import contextlib
 
 import torch
 import torch.nn.functional as F
@@ -149,15 +148,6 @@ def run_layers(layers: nn.Sequential, x: torch.Tensor, fused: bool = True) -> to
             x = mods[i](x)
             i += 1
     return x
-
-
-def set_fused(model: nn.Module, fused: bool) -> nn.Module:
-    """Switch every mechanism under ``model`` with a ``fused`` flag between the fused (default)
-    and the plain Upsample + Conv2d path; returns ``model``."""
-    for m in model.modules():
-        if hasattr(m, "fused") and isinstance(getattr(type(m), "fused", None), bool):
-            m.fused = fused
-    return model
 
 
 # ---- inference: BatchNorm folded, activations fused ---------------------------------------------
@@ -324,34 +314,3 @@ class FrozenLayers:
         for step in self.steps:
             x = step(x)
         return x
-
-
-class Mechanism(nn.Module):
-    """Base of the MNIST CGN mechanisms: ``self.layers`` run through :func:`run_layers`, or
-    through a :class:`FrozenLayers` while :func:`frozen_inference` holds one."""
-
-    # True: each Upsample + Conv2d pair runs as one low-resolution conv (same function and
-    # parameters, about half the work); False: the plain layer-by-layer path.
-    fused = True
-    frozen: FrozenLayers | None = None
-
-    def body(self, z: torch.Tensor) -> torch.Tensor:
-        if self.frozen is not None:
-            return self.frozen(z)
-        return run_layers(self.layers, z, self.fused)
-
-
-@contextlib.contextmanager
-def frozen_inference(model: nn.Module, dtype: torch.dtype = torch.float32):
-    """Within the block, every :class:`Mechanism` of the eval-mode ``model`` runs compiled
-    (:class:`FrozenLayers` in ``dtype``); the weights must not change meanwhile."""
-    if model.training:
-        raise ValueError("frozen_inference needs a model in eval mode")
-    mechs = [m for m in model.modules() if isinstance(m, Mechanism)]
-    for m in mechs:
-        m.frozen = FrozenLayers(m.layers, dtype)
-    try:
-        yield model
-    finally:
-        for m in mechs:
-            m.frozen = None

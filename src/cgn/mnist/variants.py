@@ -77,8 +77,8 @@ class SplitSpec:
             raise CGNError(f"--seed must be non-negative, got {self.seed}")
 
 
-def _resize_nearest(digits: np.ndarray) -> np.ndarray:
-    """[N, 28, 28] -> [N, 32, 32], nearest neighbour (source index floor(i * 28 / 32))."""
+def upscale_digits(digits: np.ndarray) -> np.ndarray:
+    """MNIST digits [N, 28, 28] -> [N, 32, 32], nearest neighbour (source index floor(i * 28 / 32))."""
     idx = (np.arange(SIZE) * digits.shape[1]) // SIZE
     return digits[:, idx][:, :, idx]
 
@@ -178,7 +178,7 @@ def build_split(spec: SplitSpec, mnist_dir: str | None = None) -> dict:
     """Build one split; returns the contract arrays plus ``meta`` (a dict). Cached per process."""
     mnist = load_mnist(mnist_dir)
     digits28, labels, source_range = _source_digits(spec, mnist)
-    digits = _resize_nearest(digits28)
+    digits = upscale_digits(digits28)
     labels = labels.astype(np.int64)
     rng = _rng(spec)
     train = spec.split == "train"
