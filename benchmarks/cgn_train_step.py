@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from cgn.config import override  # noqa: E402
 from cgn.core.losses import StyleLoss  # noqa: E402
-from cgn.mnist.config import preset_config  # noqa: E402
+from cgn.presets import preset as preset_config  # noqa: E402
 from cgn.mnist.train import Trainer  # noqa: E402
 
 ORIGINAL_SEC_PER_STEP = {"colored-mnist": 0.32, "double-colored-mnist": 0.32, "wildlife-mnist": 0.48}

@@ -157,7 +157,7 @@ def test_mnist_metrics_by_name(tmp_path):
 
 
 def test_generator_evaluation_loops_over_the_registry():
-    from cgn.mnist.config import preset_config
+    from cgn.presets import preset as preset_config
     from cgn.mnist.model import MnistCGN
     from cgn.mnist.quality import colour_fidelity, evaluate_generator, mask_statistics
     cfg = preset_config("double-colored-mnist")
