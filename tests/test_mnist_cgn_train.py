@@ -81,7 +81,7 @@ def test_run_directory_contents(reference_run):
     assert ck["extra"]["feature_extractor"]["kind"] == "random"
 
 
-@pytest.mark.parametrize("how,seed", [("ctrl-c", 1), ("sigterm", 2), ("sigterm", 3), ("hard-kill", 4)])
+@pytest.mark.parametrize("how,seed", [("ctrl-c", 1), ("sigterm", 2), ("hard-kill", 4)])
 def test_interrupt_and_resume_is_exact(reference_run, tmp_path, how, seed):
     """A real signal at a random moment of a real process (mid-step, most likely); the resumed run
     ends bit-identical to the uninterrupted one."""
