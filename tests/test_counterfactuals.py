@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from cgn.mnist.cfdata import CounterfactualSet
 from cgn.cli import main
 from cgn.core.checkpoint import save_checkpoint
 from cgn.errors import CGNError
@@ -53,7 +54,7 @@ def test_generate_regenerate_and_resume(tiny_cgn, tmp_path):
     out = tmp_path / "cf"
     cfg = C.GenerateConfig(n=70, cf_ratio=5, seed=3, shard_size=30, batch_size=16)
     C.generate(model, cfg, out, source=C.checkpoint_source(path, {"dataset": "double-colored-mnist"}))
-    ds = C.CounterfactualSet(out)
+    ds = CounterfactualSet(out)
     assert len(ds) == 70 and len(ds.shards) == 3
     imgs = ds.images(np.arange(70))
     assert imgs.dtype == np.uint8 and imgs.shape == (70, 32, 32, 3)
@@ -78,7 +79,7 @@ def test_generate_regenerate_and_resume(tiny_cgn, tmp_path):
     (out / "shard-00002.images.npy").unlink()
     (out / "shard-00002.labels.npz").unlink()
     with pytest.raises(CGNError, match="incomplete .*resume"):
-        C.CounterfactualSet(out)
+        CounterfactualSet(out)
     logs = []
     # A dataset started by an older renderer (no "renderer" in its manifest) resumes with a note.
     manifest = json.loads((out / "manifest.json").read_text())
@@ -89,7 +90,7 @@ def test_generate_regenerate_and_resume(tiny_cgn, tmp_path):
                source=C.checkpoint_source(path, {"dataset": "double-colored-mnist"}), log=logs.append)
     assert any("renderer layers-1" in line for line in logs)
     assert any("1 of 3 shards" in line for line in logs)
-    assert np.array_equal(C.CounterfactualSet(out).images(np.arange(70)), imgs)
+    assert np.array_equal(CounterfactualSet(out).images(np.arange(70)), imgs)
     # Other settings into the same folder are refused.
     with pytest.raises(CGNError, match="different generation"):
         C.generate(model, C.GenerateConfig(n=70, cf_ratio=2, shard_size=30), out,
@@ -103,7 +104,7 @@ def test_generate_cli(tiny_cgn, tmp_path, capsys):
                  "--seed", "1", "--batch-size", "16", "--out", str(out)]) == 0
     m = json.loads((out / "manifest.json").read_text())
     assert m["config"]["counterfactual"] is False and m["generator"]["sha256"]
-    ds = C.CounterfactualSet(out)
+    ds = CounterfactualSet(out)
     assert np.array_equal(ds.labels["texture"], ds.labels["shape"])
     assert "40 plain images" in capsys.readouterr().out
     assert main(["generate", "--checkpoint", str(tmp_path / "missing.pt"), "--n", "4", "--out", str(tmp_path / "x")]) == 2

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from cgn.mnist.cfdata import CounterfactualSet
 from cgn.core import precision as P
 from cgn.errors import CGNError
 
@@ -58,7 +59,6 @@ def test_a_generated_set_records_and_keeps_its_precision(tmp_path, flags, monkey
     """auto decides once per set (recorded in the manifest); a resumed set keeps it, so every
     image stays regenerable bit for bit."""
     import json
-    from cgn.config import to_dict
     from cgn.core.lock import release_all
     from cgn.mnist import counterfactuals as C
     from cgn.mnist.model import MnistCGN
@@ -76,7 +76,7 @@ def test_a_generated_set_records_and_keeps_its_precision(tmp_path, flags, monkey
     release_all()
     m = json.loads((out / "manifest.json").read_text())
     assert m["config"]["precision"] == "bf16" and m["precision"]["name"] == "bf16"
-    ds = C.CounterfactualSet(out)
+    ds = CounterfactualSet(out)
     row = {k: int(v[15]) for k, v in ds.labels.items()}
     again = C.regenerate(model, m, row["shape"], row["texture"], row["background"], row["seed"], row["shape_seed"])
     assert (again == ds.images(np.array([15]))[0]).all()

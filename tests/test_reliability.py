@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from cgn.mnist.cfdata import CounterfactualSet
 from cgn.core.checkpoint import load_checkpoint, save_checkpoint, state_digest
 from cgn.core.lock import lock_dir, release_all
 from cgn.errors import CGNError
@@ -338,24 +339,24 @@ def _generate(path, out, n=60, log=None):
 
 def test_a_damaged_finished_shard_is_found_and_rewritten(tiny_cgn_file, tmp_path):
     out = tmp_path / "cf"
-    C = _generate(tiny_cgn_file, out)
+    _generate(tiny_cgn_file, out)
     lab = out / "shard-00001.labels.npz"
     images = (out / "shard-00001.images.npy").read_bytes()
     labels = lab.read_bytes()
     lab.write_bytes(labels[: len(labels) // 2])  # truncated: a reader would crash (BadZipFile)
     with pytest.raises(CGNError, match="shard 1 damaged"):
-        C.CounterfactualSet(out)
+        CounterfactualSet(out)
     notes = []
     _generate(tiny_cgn_file, out, log=notes.append)
     assert any("shard 1" in n and "damaged" in n for n in notes)
     assert lab.read_bytes() == labels and (out / "shard-00001.images.npy").read_bytes() == images
-    assert len(C.CounterfactualSet(out)) == 60
+    assert len(CounterfactualSet(out)) == 60
     (out / "shard-00000.images.npy").write_bytes(b"\x93NUMPY" + b"\0" * 100)  # damaged images
     with pytest.raises(CGNError, match="shard 0 damaged"):
-        C.CounterfactualSet(out)
+        CounterfactualSet(out)
     (out / "manifest.json").write_text('{"format": ')
     with pytest.raises(CGNError, match="manifest.*damaged"):
-        C.CounterfactualSet(out)
+        CounterfactualSet(out)
 
 
 def test_generation_bounds_and_disk_space(tiny_cgn_file, tmp_path, monkeypatch):

@@ -37,7 +37,7 @@ from cgn.core.seeding import seed_everything
 from cgn.errors import CGNError
 from cgn.mnist import variants
 from cgn.mnist.classifier import CHECKPOINT_KIND, MnistClassifier
-from cgn.mnist.counterfactuals import CounterfactualSet
+from cgn.mnist.cfdata import CounterfactualSet
 
 TRAIN_SETS = ("real", "real+gan", "real+cf", "cf")
 

@@ -13,14 +13,7 @@ random inputs are drawn from ``torch.Generator``s seeded by hashes of these two 
 item at a time, so :func:`regenerate` rebuilds any image from its stored seeds and labels alone,
 whatever batch or shard it was generated in.
 
-Layout of ``DIR``::
-
-    manifest.json               what was generated, from which CGN (sha256), with which settings
-    shard-00000.images.npy      uint8 [n, 32, 32, 3]
-    shard-00000.labels.npz      shape, texture, background, seed, shape_seed (int64 [n])
-
-A shard's labels file is written (atomically) after its images file, so it marks the shard
-complete; an interrupted run resumes at the first incomplete shard.
+On disk: :mod:`cgn.mnist.cfdata` (shards with digests, the reader :class:`CounterfactualSet`).
 
 Reference: docs/reference.md#counterfactual-datasets.
 """
@@ -28,10 +21,6 @@ Reference: docs/reference.md#counterfactual-datasets.
 from __future__ import annotations
 
 import contextlib
-import json
-import os
-import shutil
-import zipfile
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Literal
@@ -45,8 +34,8 @@ from cgn.core.lock import lock_dir
 from cgn.core.precision import Precision, resolve_precision
 from cgn.core.progress import progress
 from cgn.core.sampling import to_uint8
-from cgn.errors import CGNError
-from cgn.io import atomic_write, file_digest, read_json, save_npz_atomic, write_json_atomic
+from cgn.io import file_digest, read_json, write_json_atomic
+from cgn.mnist.cfdata import check_space, shard_state, write_shard
 from cgn.mnist.mechanism import frozen_inference
 
 FORMAT = "cgn-counterfactuals/1"
@@ -57,9 +46,7 @@ FORMAT = "cgn-counterfactuals/1"
 RENDERER = "frozen-1"
 
 
-LABEL_COLUMNS = ("shape", "texture", "background", "seed", "shape_seed")  # stored per image
-IMAGE_BYTES = 32 * 32 * 3 + len(LABEL_COLUMNS) * 8  # one image and its int64 columns on disk
-MAX_IMAGES = 100_000_000                             # 300 GB of images: beyond any experiment
+MAX_IMAGES = 100_000_000  # 300 GB of images: beyond any experiment
 
 
 @dataclass
@@ -190,49 +177,6 @@ def render(model, labels: dict[str, np.ndarray], counterfactual: bool, precision
     return to_uint8(x), m.float()[:, 0].cpu().numpy()
 
 
-# ---- the dataset on disk ----------------------------------------------------------------------
-
-def _shard_paths(out: Path, k: int) -> tuple[Path, Path]:
-    return out / f"shard-{k:05d}.images.npy", out / f"shard-{k:05d}.labels.npz"
-
-
-def _digest_path(out: Path, k: int) -> Path:
-    return out / f"shard-{k:05d}.sha256.json"
-
-
-def _shard_state(out: Path, k: int, n: int) -> str:
-    """``complete``, ``missing`` or ``damaged``. A shard written with digests
-    (``shard-NNNNN.sha256.json``, the last file of a shard) is checked against them; an older one
-    by its shape and by reading its labels."""
-    img, lab = _shard_paths(out, k)
-    if not (img.exists() and lab.exists()):
-        return "missing"
-    dig = _digest_path(out, k)
-    if dig.exists():
-        try:
-            want = json.loads(dig.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            return "damaged"
-        ok = want.get("n") == n and all(file_digest(p, "sha256") == want.get(p.name) for p in (img, lab))
-        return "complete" if ok else "damaged"
-    try:
-        arr = np.load(img, mmap_mode="r", allow_pickle=False)
-        with np.load(lab, allow_pickle=False) as z:
-            lengths = {len(z[c]) for c in LABEL_COLUMNS}
-    except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile):
-        return "damaged"
-    return "complete" if arr.shape == (n, 32, 32, 3) and lengths == {n} else "damaged"
-
-
-def _check_space(out: Path, cfg: GenerateConfig, n_left: int) -> None:
-    need = n_left * IMAGE_BYTES
-    free = shutil.disk_usage(out).free
-    if need > free:
-        raise CGNError(f"{out}: {n_left:,} more images need {need / 1e9:.1f} GB, but only "
-                       f"{free / 1e9:.1f} GB are free there; free space, choose another --out or a "
-                       "smaller --n")
-
-
 def generate(model, cfg: GenerateConfig, out: str | Path, *, source: dict,
              device: torch.device | str = "cpu", log=print) -> dict:
     """Write (or resume) a dataset. ``source`` describes the CGN (path, sha256, ...)."""
@@ -255,11 +199,11 @@ def generate(model, cfg: GenerateConfig, out: str | Path, *, source: dict,
         if old.get("renderer", "layers-1") != RENDERER:
             log(f"note: {out} was started by renderer {old.get('renderer', 'layers-1')}; its remaining "
                 f"shards are written by {RENDERER} (same seeds, images equal up to bf16 rounding)")
-    states = [_shard_state(out, k, min(cfg.n, (k + 1) * cfg.shard_size) - k * cfg.shard_size)
+    states = [shard_state(out, k, min(cfg.n, (k + 1) * cfg.shard_size) - k * cfg.shard_size)
               for k in range(manifest["n_shards"])]
     for k in (k for k, state in enumerate(states) if state == "damaged"):
         log(f"note: shard {k} of {out} is damaged (its files do not match their digests); writing it again")
-    _check_space(out, cfg, sum(min(cfg.n, (k + 1) * cfg.shard_size) - k * cfg.shard_size
+    check_space(out, sum(min(cfg.n, (k + 1) * cfg.shard_size) - k * cfg.shard_size
                                for k, state in enumerate(states) if state != "complete"))
     if old is None:
         write_json_atomic(mpath, manifest)
@@ -272,7 +216,6 @@ def generate(model, cfg: GenerateConfig, out: str | Path, *, source: dict,
             if states[k] == "complete":
                 done += 1
                 continue
-            _digest_path(out, k).unlink(missing_ok=True)
             images = np.empty((stop - start, 32, 32, 3), dtype=np.uint8)
             labels = plan(cfg, start, stop)
             bar = progress(range(start, stop, cfg.batch_size), desc=f"shard {k + 1}/{manifest['n_shards']}")
@@ -280,13 +223,7 @@ def generate(model, cfg: GenerateConfig, out: str | Path, *, source: dict,
                 b = min(stop, a + cfg.batch_size)
                 sl = {key: v[a - start:b - start] for key, v in labels.items()}
                 images[a - start:b - start], _ = render(model, sl, cfg.counterfactual, cfg.precision, device)
-            img_path, lab_path = _shard_paths(out, k)
-            with atomic_write(img_path) as f:
-                np.save(f, images)
-            save_npz_atomic(lab_path, **labels)
-            # written last: marks the shard complete, and lets every reader check its bytes
-            write_json_atomic(_digest_path(out, k), {"n": stop - start, **{
-                p.name: file_digest(p, "sha256") for p in (img_path, lab_path)}})
+            write_shard(out, k, images, labels)
     if done:
         log(f"resumed: {done} of {manifest['n_shards']} shards were already complete")
     return manifest
@@ -304,100 +241,6 @@ def regenerate(model, manifest: dict, shape: int, texture: int, background: int,
     with frozen_inference(model, _DTYPES[cfg["precision"]]):
         images, _ = render(model, labels, cfg["counterfactual"], cfg["precision"], device)
     return images[0]
-
-
-class CounterfactualSet:
-    """A generated dataset, memory-mapped: ``images`` (uint8) and the label/seed arrays."""
-
-    def __init__(self, root: str | Path):
-        self.root = Path(root)
-        mpath = self.root / "manifest.json"
-        if not mpath.is_file():
-            raise CGNError(f"{self.root} is not a counterfactual dataset (no manifest.json); "
-                           "create it with `cgn generate`")
-        self.manifest = read_json(mpath, "counterfactual dataset manifest")
-        cfg = self.manifest["config"]
-        self.shards: list[_Shard] = []
-        cols = {k: [] for k in LABEL_COLUMNS}
-        for k in range(self.manifest["n_shards"]):
-            n = min(cfg["n"], (k + 1) * cfg["shard_size"]) - k * cfg["shard_size"]
-            state = _shard_state(self.root, k, n)
-            if state != "complete":
-                raise CGNError(f"{self.root} is incomplete (shard {k} {state}); rerun the same "
-                               "`cgn generate` command to resume it")
-            img, lab = _shard_paths(self.root, k)
-            self.shards.append(_Shard(img))
-            with np.load(lab, allow_pickle=False) as z:
-                for c in cols:
-                    cols[c].append(z[c])
-        self.labels = {c: np.concatenate(v) for c, v in cols.items()}
-        self._starts = np.cumsum([0] + [s.n for s in self.shards])
-
-    def __len__(self) -> int:
-        return int(self._starts[-1])
-
-    def images(self, index: np.ndarray) -> np.ndarray:
-        """uint8 [len(index), 32, 32, 3] for arbitrary indices (reads only those rows)."""
-        index = np.asarray(index, dtype=np.int64)
-        out = np.empty((len(index), 32, 32, 3), dtype=np.uint8)
-        shard = np.searchsorted(self._starts, index, side="right") - 1
-        for s in np.unique(shard):
-            sel = np.flatnonzero(shard == s)
-            out[sel] = self.shards[s].rows(index[sel] - self._starts[s])
-        return out
-
-
-class _Shard:
-    """One ``shard-NNNNN.images.npy`` (uint8 [n, 32, 32, 3]), read row by row with ``pread``.
-
-    Not memory-mapped on purpose: a page of a mapping that was read stays in the process's
-    resident set, and each random read maps a whole fault-around window (64 KiB) of the file, so
-    an epoch of random batches over 1e6 images would make the full 3 GB resident. ``pread`` goes
-    through the OS page cache (shared, reclaimable, not the process's memory) and copies only the
-    rows asked for; consecutive rows are read with one call."""
-
-    def __init__(self, path: Path):
-        with open(path, "rb") as f:
-            version = np.lib.format.read_magic(f)
-            read_header = {(1, 0): np.lib.format.read_array_header_1_0,
-                           (2, 0): np.lib.format.read_array_header_2_0}.get(version)
-            if read_header is None:
-                raise CGNError(f"{path}: unsupported .npy version {version}; regenerate the dataset")
-            shape, fortran, dtype = read_header(f)
-            self.offset = f.tell()
-        if dtype != np.uint8 or fortran or len(shape) != 4 or tuple(shape[1:]) != (32, 32, 3):
-            raise CGNError(f"{path}: expected uint8 images [n, 32, 32, 3], found {dtype} {shape}; "
-                           "regenerate the dataset with `cgn generate`")
-        self.path, self.n = path, int(shape[0])
-        self.row_bytes = 32 * 32 * 3
-        self._fd: int | None = None
-        self._pid = -1
-
-    def _file(self) -> int:
-        if self._fd is None or self._pid != os.getpid():  # a fresh descriptor in each process
-            self._fd, self._pid = os.open(self.path, os.O_RDONLY), os.getpid()
-        return self._fd
-
-    def rows(self, local: np.ndarray) -> np.ndarray:
-        """uint8 [len(local), 32, 32, 3]: rows ``local`` of this shard."""
-        if len(local) and (local.min() < 0 or local.max() >= self.n):
-            raise IndexError(f"row index out of range for {self.path} ({self.n} rows)")
-        order = np.argsort(local, kind="stable")
-        srt = local[order]
-        out = np.empty((len(local), 32, 32, 3), dtype=np.uint8)
-        fd = self._file()
-        starts = np.flatnonzero(np.diff(srt, prepend=-2) != 1)  # beginnings of consecutive runs
-        for a, b in zip(starts, np.append(starts[1:], len(srt))):
-            buf = np.empty((b - a, 32, 32, 3), dtype=np.uint8)
-            want, got = buf.nbytes, os.preadv(fd, [memoryview(buf).cast("B")], self.offset + int(srt[a]) * self.row_bytes)
-            if got != want:
-                raise CGNError(f"{self.path} is truncated; regenerate it with `cgn generate`")
-            out[order[a:b]] = buf
-        return out
-
-    def __del__(self):
-        if getattr(self, "_fd", None) is not None and self._pid == os.getpid():
-            os.close(self._fd)
 
 
 def checkpoint_source(path: str | Path, info: dict) -> dict:

@@ -42,8 +42,8 @@ from cgn.errors import CGNError
 from cgn.io import write_json_atomic
 from cgn.mnist import tables, variants
 from cgn.mnist.classify import TRAIN_SETS, ClassifierConfig, train_classifier
-from cgn.mnist.counterfactuals import (MAX_IMAGES, CounterfactualSet, GenerateConfig, checkpoint_source,
-                                      generate)
+from cgn.mnist.cfdata import CounterfactualSet
+from cgn.mnist.counterfactuals import MAX_IMAGES, GenerateConfig, checkpoint_source, generate
 
 REFERENCE_FILES = {"colored-mnist": "colored_mnist.pth", "double-colored-mnist": "double_colored_mnist.pth",
                    "wildlife-mnist": "wildlife_mnist.pth"}
