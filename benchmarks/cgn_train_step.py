@@ -96,7 +96,7 @@ class PerItemData:
 
 def make_trainer(preset: str, mode: str, root: Path, feature_extractor: str) -> Trainer:
     cfg = preset_config(preset)
-    cfg = override(cfg, {"loss.feature_extractor": feature_extractor, "loss.bf16": mode == "ours-bf16",
+    cfg = override(cfg, {"loss.feature_extractor": feature_extractor, "loss.precision": "bf16" if mode == "ours-bf16" else "fp32",
                          "train.limit_train": 4096})
     tr = Trainer(cfg, root / f"{preset}-{mode}")
     if mode == "original-like":

@@ -32,6 +32,21 @@ def _interrupt(args, ready, sig, seed, max_delay):
     pytest.fail(f"the command finished before every signal: {args}")
 
 
+def _stop_twice(args: list[str], resume: list[str], ready, sigs, seed: int, max_delay: float) -> str:
+    """Stop ``cgn *args`` at a random moment (``sigs[0]``), then its resumed run at another one
+    (``sigs[1]``, anywhere from start-up on), then let the resume finish in this process."""
+    rc, err, delay = _interrupt(args, ready=ready, sig=sigs[0], seed=seed, max_delay=max_delay)
+    where = f"{sigs[0].name} after {delay:.3f} s"
+    assert rc == 130 and "cgn: interrupted" in err, f"{where}: {err[-300:]}"
+    rc, err, delay = stop_at_random(resume, ready=lambda: True, sig=sigs[1], seed=seed + 1,
+                                    max_delay=max_delay + 5.0)
+    where += f", then {sigs[1].name} {delay:.3f} s into the resumed run (exit {rc})"
+    assert rc in (0, 130), f"{where}: {err[-300:]}"
+    assert main(resume) == 0, where
+    release_all()
+    return where
+
+
 def _result(run: Path) -> dict:
     for name in ("results.json", "result.json"):
         if (run / name).exists():
@@ -67,15 +82,15 @@ def test_generate_resumes_bit_identically(tiny_cgn, tmp_path, how, seed):
     args = ["generate", "--checkpoint", str(tiny_cgn), "--n", "3000", "--shard-size", "750"]
     assert main([*args, "--out", str(tmp_path / "ref")]) == 0
     out = tmp_path / "cut"
-    rc, err, delay = _interrupt([*args, "--out", str(out)], sig={"sigterm": signal.SIGTERM, "ctrl-c": signal.SIGINT}[how],
-                                ready=lambda: (out / "shard-00000.sha256.json").exists(), seed=seed, max_delay=1.0)
-    assert rc == 130 and "cgn: interrupted" in err, f"{how} after {delay:.3f} s: {err[-300:]}"
-    assert main([*args, "--out", str(out)]) == 0  # the same command resumes
-    release_all()
+    first = {"sigterm": signal.SIGTERM, "ctrl-c": signal.SIGINT}[how]
+    second = signal.SIGINT if first == signal.SIGTERM else signal.SIGTERM
+    where = _stop_twice([*args, "--out", str(out)], [*args, "--out", str(out)],  # the same command resumes
+                        ready=lambda: (out / "shard-00000.sha256.json").exists(), sigs=(first, second),
+                        seed=seed, max_delay=1.0)
     ref = sorted(p.name for p in (tmp_path / "ref").glob("shard-*"))
     assert ref == sorted(p.name for p in out.glob("shard-*"))
     for name in ref:
-        assert (tmp_path / "ref" / name).read_bytes() == (out / name).read_bytes(), name
+        assert (tmp_path / "ref" / name).read_bytes() == (out / name).read_bytes(), f"{name}: {where}"
     assert not list(out.glob(".*.tmp"))
 
 
@@ -85,14 +100,12 @@ def test_train_classifier_resumes_bit_identically(tmp_path):
             "--limit-real", "768", "--epochs", "2", "--threads", "1"]
     assert main([*args, "--out", str(tmp_path / "ref")]) == 0
     out = tmp_path / "cut"
-    rc, err, delay = _interrupt([*args, "--out", str(out)], sig=signal.SIGTERM, seed=21, max_delay=1.5,
-                                ready=lambda: "training" in ((out / "log.txt").read_text() if (out / "log.txt").exists() else ""))
-    assert rc == 130, f"sigterm after {delay:.3f} s: {err[-300:]}"
-    assert main([*args, "--out", str(out), "--resume"]) == 0
-    release_all()
+    where = _stop_twice([*args, "--out", str(out)], [*args, "--out", str(out), "--resume"],
+                        ready=lambda: (out / "log.txt").exists() and "training" in (out / "log.txt").read_text(),
+                        sigs=(signal.SIGTERM, signal.SIGINT), seed=21, max_delay=1.5)
     a = load_checkpoint(tmp_path / "ref" / "checkpoints" / "last.pt")
     b = load_checkpoint(out / "checkpoints" / "last.pt")
-    _same_tensors(a["model"], b["model"], "model")
+    _same_tensors(a["model"], b["model"], where)
     assert a["step"] == b["step"]
     ra, rb = _result(tmp_path / "ref"), _result(out)
     assert (ra["train_acc"], ra["test_acc"]) == (rb["train_acc"], rb["test_acc"])
@@ -104,15 +117,13 @@ def test_imagenet_train_resumes_bit_identically(tmp_path):
     args = ["imagenet", "train", "--preset", "tiny", "--episodes", "6", "--batch-acc", "2", "--quiet", *sets]
     assert main([*args, "--out", str(tmp_path / "ref")]) == 0
     out = tmp_path / "cut"
-    rc, err, delay = _interrupt([*args, "--out", str(out)], sig=signal.SIGINT, seed=31, max_delay=1.0,
-                                ready=lambda: (out / "metrics.jsonl").exists())
-    assert rc == 130, f"ctrl-c after {delay:.3f} s: {err[-300:]}"
-    assert main([*args, "--out", str(out), "--resume"]) == 0
-    release_all()
+    where = _stop_twice([*args, "--out", str(out)], [*args, "--out", str(out), "--resume"],
+                        ready=lambda: (out / "metrics.jsonl").exists(),
+                        sigs=(signal.SIGINT, signal.SIGTERM), seed=31, max_delay=1.0)
     a = load_checkpoint(tmp_path / "ref" / "checkpoints" / "last.pt", kind="imagenet-cgn")
     b = load_checkpoint(out / "checkpoints" / "last.pt", kind="imagenet-cgn")
-    assert a["step"] == b["step"] == 6
-    _same_tensors(a["model"], b["model"], "model")
+    assert a["step"] == b["step"] == 6, where
+    _same_tensors(a["model"], b["model"], where)
     assert _metric_rows(tmp_path / "ref") == _metric_rows(out)
 
 
@@ -125,15 +136,13 @@ def test_reproduce_resumes_bit_identically(shared_data, tmp_path):
             "--epochs", "1", "--limit-real", "512", "--threads", "1"]
     assert main([*args, "--out", str(tmp_path / "ref")]) == 0
     out = tmp_path / "cut"
-    rc, err, delay = _interrupt([*args, "--out", str(out)], sig=signal.SIGTERM, seed=41, max_delay=3.0,
-                                ready=lambda: (out / "log.txt").exists())
-    assert rc == 130, f"sigterm after {delay:.3f} s: {err[-300:]}"
-    assert main([*args, "--out", str(out)]) == 0  # the same command resumes
-    release_all()
+    where = _stop_twice([*args, "--out", str(out)], [*args, "--out", str(out)],  # the same command resumes
+                        ready=lambda: (out / "log.txt").exists(),
+                        sigs=(signal.SIGTERM, signal.SIGINT), seed=41, max_delay=3.0)
     strip = lambda rows: [{k: v for k, v in r.items() if k != "command"} for r in rows]  # noqa: E731
     ta = json.loads((tmp_path / "ref" / "table3.json").read_text())
     tb = json.loads((out / "table3.json").read_text())
-    assert strip(ta) == strip(tb) and len(ta) == 2
+    assert strip(ta) == strip(tb) and len(ta) == 2, where
     for clf in sorted((tmp_path / "ref").rglob("clf-*/checkpoints/last.pt")):
         mine = out / clf.relative_to(tmp_path / "ref")
         _same_tensors(load_checkpoint(clf)["model"], load_checkpoint(mine)["model"], str(mine))

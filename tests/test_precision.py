@@ -85,3 +85,16 @@ def test_a_generated_set_records_and_keeps_its_precision(tmp_path, flags, monkey
     release_all()
     rec = json.loads((fresh / "manifest.json").read_text())
     assert rec["config"]["precision"] == "fp32" and "avx2" in rec["precision"]["reason"]
+
+
+def test_train_cgn_configs_with_the_old_bf16_switch_still_load():
+    from cgn.mnist.config import config_from_dict
+    from cgn.config import to_dict
+    from cgn.presets import preset
+    old = to_dict(preset("colored-mnist"))
+    del old["loss"]["precision"]
+    for bf16, name in ((True, "bf16"), (False, "fp32")):
+        stored = {**old, "loss": {**old["loss"], "bf16": bf16}}
+        assert config_from_dict(stored).loss.precision == name
+    assert preset("colored-mnist", recipe=True).loss.precision == "auto"
+    assert preset("colored-mnist").loss.precision == "fp32"  # the original: fp32

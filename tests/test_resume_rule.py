@@ -141,8 +141,10 @@ def test_each_config_lets_change_what_its_command_did_before():
     from cgn.mnist.config import CGNTrainConfig
     from cgn.mnist.counterfactuals import Generation
     from cgn.mnist.reproduce import ReproduceConfig
+    # loss.precision: like the thread count, only the rounding of the steps still to run
     assert _rules(CGNTrainConfig) == {"train.epochs": "extend", "train.max_steps": "extend",
-                                      "train.device": "free", "train.threads": "free"}
+                                      "train.device": "free", "train.threads": "free",
+                                      "loss.precision": "free"}
     assert _rules(ImageNetCGNConfig) == {"train.episodes": "extend"}
     assert _rules(ClassifierTrainConfig) == {
         **{k: "free" for k in ("data.train_dir", "data.val_dir", "data.cf_dir", "data.class_index",

@@ -49,7 +49,7 @@ FLAGS: dict[str, Flag] = {path: flag if isinstance(flag, Flag) else Flag(flag) f
     "loss.ssim_weight": "--ssim-weight", "loss.border_weight": "--border-weight",
     "loss.feature_extractor": "--feature-extractor", "loss.feature_scale": "--feature-scale",
     "loss.allow_download": Flag("--allow-download", aliases=("--download",)),
-    "loss.bf16": "--bf16", "loss.vgg16": Flag("--vgg16", "FILE"),
+    "loss.precision": "--precision", "loss.vgg16": Flag("--vgg16", "FILE"),
     "model.biggan": Flag("--biggan", "PATH"), "model.u2net": Flag("--u2net", "FILE"),
     "model.cgn": Flag("--cgn", "FILE"),
     # the MNIST classifier (train-classifier) and counterfactual sets (generate)

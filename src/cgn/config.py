@@ -212,6 +212,9 @@ def coerce(value: Any, tp: Any, where: str) -> Any:
 
 def from_dict(cls: type[T], data: dict, where: str = "") -> T:
     """Build ``cls`` from a dict; unknown keys and bad values raise :class:`CGNError`."""
+    upgrade = getattr(cls, "upgrade_dict", None)  # fields renamed since a stored config was written
+    if upgrade is not None and isinstance(data, dict):
+        data = upgrade(dict(data))
     hints = _field_types(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = set(data) - names

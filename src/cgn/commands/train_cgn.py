@@ -20,7 +20,7 @@ from cgn.paths import cgn_home
 # The config fields that have their own option (any other: --set SECTION.FIELD=VALUE).
 FIELDS = ["train.epochs", "train.max_steps", "train.batch_size", "loss.ssim_weight",
           "loss.border_weight", "loss.feature_extractor", "loss.feature_scale",
-          "loss.allow_download", "loss.bf16", "train.seed", "train.data_seed", "train.textures",
+          "loss.allow_download", "loss.precision", "train.seed", "train.data_seed", "train.textures",
           "train.limit_train", "train.device", "train.threads"]
 
 

@@ -57,11 +57,21 @@ class LossConfig:
     feature_scale: float = field(default=1.0, metadata={
         "help": "calibration of the VGG activations: features times this, so the style loss times "
                 "its square (see docs/mnist_cgn.md, 'Feature extractor')"})
-    bf16: bool = field(default=False, metadata={"help": "run the VGG forward under bfloat16 autocast"})
+    # "free": like the thread count, it changes only the float rounding of the steps still to run
+    precision: Literal["auto", "bf16", "fp32"] = field(default="fp32", metadata={"resume": "free",
+        "help": "precision of the VGG forward of the style loss: bf16 autocast, fp32, or auto (bf16 "
+                "only where it is faster: CPUs with AMX, bf16 GPUs)"})
     ssim_weight: float = field(default=0.0, metadata={
         "help": "weight of the loss 1 - SSIM(generated, real) (the reproduction study's ablation; 0: off)"})
     border_weight: float = field(default=0.0, metadata={"help": "weight of the mask border loss"})
     border_width: int = field(default=3, metadata={"help": "frame width (px) of the border loss"})
+
+    @staticmethod
+    def upgrade_dict(d: dict) -> dict:
+        """Configs written before ``precision`` had a ``bf16`` switch."""
+        if "bf16" in d:
+            d.setdefault("precision", "bf16" if d.pop("bf16") else "fp32")
+        return d
 
     def __post_init__(self):
         check(self.mask_weight >= 0 and self.ssim_weight >= 0 and self.border_weight >= 0,
@@ -138,7 +148,7 @@ def _preset(name: str, mask: float, style: list[float], disc: str, init: str, ga
 
 
 # The recipe: see docs/mnist_cgn.md ("Recipe") for the measurements that chose it.
-_RECIPE_COMMON = {"loss.bf16": True, "loss.border_weight": 1.0}
+_RECIPE_COMMON = {"loss.precision": "auto", "loss.border_weight": 1.0}
 
 PRESETS: dict[str, Preset] = {p.name: p for p in [
     _preset("colored-mnist", 0.1, [0.05, 0.1, 0.01, 0.0], "linear", "orthogonal", 0.1, 512,

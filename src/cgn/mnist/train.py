@@ -15,7 +15,7 @@ What differs from the original, none of it changing the losses: the real batch's
 are computed without gradients, stages with weight 0 are skipped and the VGG stops at the
 deepest stage needed; D's parameters do not collect gradients in the generator step; the data
 set lives in memory as one uint8 tensor indexed by batch (no per-item loading); optionally the
-VGG forward runs under bfloat16 autocast (``loss.bf16``).
+VGG forward runs under bfloat16 autocast (``loss.precision``: bf16, or auto where it is faster).
 
 Exact resume: the run directory's ``checkpoints/last.pt`` holds models, optimisers, the data
 generator's state, every global RNG, the timeline and the running loss sums; the data order is a
@@ -43,6 +43,7 @@ from cgn.core.device import resolve_device
 from cgn.core.losses import (STYLE_SCALE, StyleLoss, lsgan_discriminator_loss, lsgan_generator_loss,
                              mask_binary_entropy, mask_border_loss, ssim_loss)
 from cgn.core.perceptual import FeatureSource, load_vgg16
+from cgn.core.precision import resolve_precision
 from cgn.core.interrupt import StepBoundary
 from cgn.core.progress import progress
 from cgn.core.results import write_results
@@ -128,7 +129,8 @@ class Trainer:
         betas = tuple(cfg.optim.betas)
         self.opt_g = torch.optim.Adam(self.G.parameters(), lr=cfg.optim.lr, betas=betas, fused=True)
         self.opt_d = torch.optim.Adam(self.D.parameters(), lr=cfg.optim.lr, betas=betas, fused=True)
-        self.style = StyleLoss(self.extractor.to(self.device), cfg.loss.style_weights, autocast_bf16=cfg.loss.bf16,
+        self.precision = resolve_precision(cfg.loss.precision, self.device)
+        self.style = StyleLoss(self.extractor.to(self.device), cfg.loss.style_weights, autocast_bf16=self.precision.bf16,
                                scale=STYLE_SCALE * cfg.loss.feature_scale ** 2)
 
         # data and schedule
@@ -309,7 +311,8 @@ class Trainer:
         if self.step == 0:
             self.run.log(f"training {t.dataset}: {self.total_steps} steps of batch {t.batch_size} "
                          f"({self.steps_per_epoch} steps/epoch, {len(self.data)} images) on {self.device}; "
-                         f"style features: {self.feature_source.describe()}")
+                         f"style features: {self.feature_source.describe()}; VGG precision "
+                         f"{self.precision.name} ({self.precision.reason})")
             self._record_timeline()
             save_sample_grid(self.G, self.grid_inputs, self.run.samples / "step_000000.png", "step 0")
         bar = progress(total=self.total_steps, initial=self.step, desc=f"train-cgn {t.dataset}")
@@ -359,7 +362,8 @@ class Trainer:
         results = {
             "dataset": t.dataset, "preset": self.cfg.preset, "steps": self.step,
             "epochs": round(self.step / self.steps_per_epoch, 3),
-            "feature_extractor": self.feature_source.as_dict(), "bf16": self.cfg.loss.bf16,
+            "feature_extractor": self.feature_source.as_dict(), "bf16": self.precision.bf16,
+            "precision": self.precision.as_dict(),
             "data": self.data.meta,
             "device": str(self.device), "threads": torch.get_num_threads(),
             "train_seconds": round(self.elapsed, 1),
