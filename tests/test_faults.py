@@ -41,7 +41,9 @@ def _stop_twice(args: list[str], resume: list[str], ready, sigs, seed: int, max_
     rc, err, delay = stop_at_random(resume, ready=lambda: True, sig=sigs[1], seed=seed + 1,
                                     max_delay=max_delay + 5.0)
     where += f", then {sigs[1].name} {delay:.3f} s into the resumed run (exit {rc})"
-    assert rc in (0, 130), f"{where}: {err[-300:]}"
+    # 130: stopped by cgn; 0: it finished first; -signal: it came during Python's start-up,
+    # before cgn installed its handlers (nothing of the run had started)
+    assert rc in (0, 130, -sigs[1]) or "KeyboardInterrupt" in err, f"{where}: {err[-300:]}"
     assert main(resume) == 0, where
     release_all()
     return where
