@@ -32,6 +32,21 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
+@pytest.fixture(scope="session")
+def tiny_cgn_file(tmp_path_factory) -> Path:
+    """A randomly initialised double-colored MNIST CGN saved as a cgn checkpoint."""
+    from cgn.config import to_dict
+    from cgn.core.checkpoint import save_checkpoint
+    from cgn.mnist.model import MnistCGN
+    from cgn.presets import preset
+    torch.manual_seed(0)
+    cfg = preset("double-colored-mnist")
+    path = tmp_path_factory.mktemp("cgn") / "cgn.pt"
+    save_checkpoint(path, kind="mnist-cgn", step=0, config=to_dict(cfg),
+                    model=MnistCGN(cfg.model).eval().state_dict())
+    return path
+
+
 def require_mnist():
     from cgn.mnist.source import hub_file
     if hub_file() is None:

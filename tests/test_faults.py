@@ -13,8 +13,7 @@ import pytest
 import torch
 
 from cgn.cli import main
-from cgn.config import to_dict
-from cgn.core.checkpoint import load_checkpoint, save_checkpoint
+from cgn.core.checkpoint import load_checkpoint
 from cgn.core.lock import release_all
 from conftest import require_mnist
 from faults import stop_at_random
@@ -67,21 +66,9 @@ def _metric_rows(run: Path, drop=("sec_per_step", "seconds")) -> list[dict]:
     return [{k: v for k, v in r.items() if k not in drop} for r in rows]
 
 
-@pytest.fixture(scope="module")
-def tiny_cgn(tmp_path_factory):
-    from cgn.mnist.model import MnistCGN
-    from cgn.presets import preset
-    torch.manual_seed(0)
-    cfg = preset("double-colored-mnist")
-    path = tmp_path_factory.mktemp("cgn") / "cgn.pt"
-    save_checkpoint(path, kind="mnist-cgn", step=0, config=to_dict(cfg),
-                    model=MnistCGN(cfg.model).eval().state_dict())
-    return path
-
-
 @pytest.mark.parametrize("how,seed", [("sigterm", 11), ("ctrl-c", 12)])
-def test_generate_resumes_bit_identically(tiny_cgn, tmp_path, how, seed):
-    args = ["generate", "--checkpoint", str(tiny_cgn), "--n", "3000", "--shard-size", "750"]
+def test_generate_resumes_bit_identically(tiny_cgn_file, tmp_path, how, seed):
+    args = ["generate", "--checkpoint", str(tiny_cgn_file), "--n", "3000", "--shard-size", "750"]
     assert main([*args, "--out", str(tmp_path / "ref")]) == 0
     out = tmp_path / "cut"
     first = {"sigterm": signal.SIGTERM, "ctrl-c": signal.SIGINT}[how]

@@ -312,19 +312,7 @@ def test_texture_folder_with_a_directory_or_a_bomb(tmp_path, monkeypatch):
 
 
 # -- counterfactual sets: checked shards, bounds, space, one writer -----------------------------
-
-@pytest.fixture(scope="module")
-def tiny_cgn_file(tmp_path_factory):
-    from cgn.config import to_dict
-    from cgn.presets import preset as preset_config
-    from cgn.mnist.model import MnistCGN
-    torch.manual_seed(0)
-    cfg = preset_config("double-colored-mnist")
-    path = tmp_path_factory.mktemp("cgn") / "cgn.pt"
-    save_checkpoint(path, kind="mnist-cgn", step=0, config=to_dict(cfg),
-                    model=MnistCGN(cfg.model).eval().state_dict())
-    return path
-
+# (tiny_cgn_file: conftest.py)
 
 def _generate(path, out, n=60, log=None):
     from cgn.mnist import counterfactuals as C
