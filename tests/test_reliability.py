@@ -490,3 +490,13 @@ def test_a_damaged_image_in_an_image_folder_is_one_line(tmp_path):
         list(DataLoader(ds, batch_size=1, num_workers=1))
     line = _worker_error(str(e.value))
     assert "is not a readable image" in line and "\n" not in line and "Traceback" not in line
+
+
+def test_a_failing_command_never_removes_an_earlier_commands_run(tmp_path, capsys):
+    from cgn.cli import main
+    from cgn.core.rundir import RunDir
+    earlier = tmp_path / "earlier"
+    RunDir(earlier, {"a": 1})                       # started by an earlier command ...
+    assert main(["download", "--list"]) == 0        # ... which ended
+    assert main(["generate", "--checkpoint", str(tmp_path / "missing.pt"), "--out", str(tmp_path / "x")]) == 2
+    assert (earlier / "config.json").is_file()      # the failure cleaned up only its own start

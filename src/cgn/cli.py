@@ -14,7 +14,7 @@ import sys
 from cgn import __version__
 from cgn.core.interrupt import restore_sigterm, sigterm_as_interrupt
 from cgn.core.lock import discard_unused, release_all
-from cgn.core.rundir import discard_unstarted
+from cgn.core.rundir import discard_unstarted, forget_started
 from cgn.errors import CGNError
 
 # Subcommand modules, in the order they appear in ``cgn --help``.
@@ -106,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         restore_sigterm(previous)
         release_all()
+        forget_started()
     return int(rc or 0)
 
 

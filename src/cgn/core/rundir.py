@@ -120,6 +120,12 @@ def discard_unstarted() -> None:
             shutil.rmtree(sub, ignore_errors=True)
 
 
+def forget_started() -> None:
+    """Forget the run directories this process made (a command ended): a later command's failure
+    never touches them."""
+    _fresh.clear()
+
+
 def environment() -> dict:
     return {
         "cgn": __version__, "torch": torch.__version__, "python": platform.python_version(),
