@@ -192,8 +192,9 @@ class Trainer:
         """Write ``checkpoints/last.pt`` (rank 0; all ranks contribute their RNG state); a
         diverged model (non-finite loss) is never saved."""
         if self.last_loss is not None:
-            check_finite({"loss": self.last_loss}, self.global_step,
-                         self.checkpoint_path if self.checkpoint_path.exists() else None)
+            # every rank decides alike (the sum over ranks), so none waits for one that stopped
+            check_finite({"loss": self.dist.all_reduce_sum(self.last_loss.detach().float().reshape(1).clone())},
+                         self.global_step, self.checkpoint_path)
         rngs = self.dist.all_gather_object(rng_state())
         windows = self.dist.all_gather_object(self.window.state_dict())
         if self.run is None:
@@ -236,8 +237,7 @@ class Trainer:
         if self.window.empty:
             return
         means = self.window.flush(self.dist).means
-        check_finite(means, self.global_step,
-                     self.checkpoint_path if self.checkpoint_path.exists() else None)
+        check_finite(means, self.global_step, self.checkpoint_path)  # means over all ranks
         rec: dict[str, Any] = {"step": self.global_step,
                                "epoch": round(self.epoch + self.step_in_epoch /
                                               max(1, self.data.steps_per_epoch), 4),

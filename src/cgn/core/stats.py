@@ -34,7 +34,8 @@ from cgn.errors import CGNError
 def check_finite(record: Mapping[str, Any], step: int, last_checkpoint: Path | None = None,
                  what: str = "training") -> None:
     """Stop a diverged run with one line (NaN / inf in a step's statistics) before anything of
-    that step is logged or saved; the last good checkpoint stays as it is."""
+    that step is logged or saved; the last good checkpoint (``last_checkpoint``, named in the
+    message when it exists) stays as it is."""
     bad = []
     for name, value in record.items():
         v = value[0] if isinstance(value, tuple) else value
@@ -43,7 +44,8 @@ def check_finite(record: Mapping[str, Any], step: int, last_checkpoint: Path | N
         if isinstance(v, float) and not math.isfinite(v):
             bad.append(f"{name}={v}")
     if bad:
-        kept = f"; the last checkpoint ({last_checkpoint}) is kept" if last_checkpoint else ""
+        kept = (f"; the last checkpoint ({last_checkpoint}) is kept"
+                if last_checkpoint is not None and last_checkpoint.exists() else "")
         raise CGNError(f"{what} diverged at step {step} ({', '.join(bad[:4])}): lower the learning "
                        f"rate or check the data and settings{kept}")
 

@@ -245,7 +245,7 @@ class Trainer:
                        desc="CGN episodes") if self.ctx.is_main else range(self.episode, t.episodes)
         for _ in bar:
             rec = self.train_episode()
-            check_finite(rec, self.episode, self.run.latest_checkpoint() if self.ctx.is_main else None)
+            check_finite(rec, self.episode, self.run.checkpoints / "last.pt" if self.ctx.is_main else None)
             records.append(rec)
             last = self.episode == t.episodes
             halt = stop.requested is not None

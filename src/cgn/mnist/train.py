@@ -323,7 +323,7 @@ class Trainer:
             while self.step < self.total_steps:
                 t0 = time.perf_counter()
                 rec = self.train_step()
-                check_finite(rec, self.step + 1, self.run.latest_checkpoint())
+                check_finite(rec, self.step + 1, self.run.checkpoints / "last.pt")
                 self.step += 1
                 self.elapsed += time.perf_counter() - t0
                 self.window.add(rec)
