@@ -23,6 +23,15 @@ from cgn.core.metrics import register_metric
 from cgn.imagenet.ensemble import HEADS, PREDICTIONS
 
 
+def _flat(res: dict[str, dict], prefix: str) -> dict[str, float]:
+    """``{name: {"top1", "top5", "n"}}`` -> ``{"<prefix>/<name>/top1": %, ..., "<prefix>/n": N}``."""
+    out: dict[str, float] = {}
+    for name, r in res.items():
+        out[f"{prefix}/{name}/top1"], out[f"{prefix}/{name}/top5"] = r["top1"], r["top5"]
+        out[f"{prefix}/n"] = r["n"]
+    return out
+
+
 @register_metric("imagenet_topk", help="top-1/top-5 accuracy (%) of every prediction on a real "
                                        "validation ImageFolder with ImageNet-1k labels")
 def imagenet_topk(model: nn.Module, val_set: Dataset, *, batch_size: int = 64,
@@ -34,11 +43,7 @@ def imagenet_topk(model: nn.Module, val_set: Dataset, *, batch_size: int = 64,
                             predict=lambda m, b: {k: v for k, v in m(b[0]).items()
                                                   if k in predictions},
                             dist=dist, desc="top-k")
-    out: dict[str, float] = {}
-    for pred, r in res.items():
-        out[f"real/{pred}/top1"], out[f"real/{pred}/top5"] = r["top1"], r["top5"]
-        out["real/n"] = r["n"]
-    return out
+    return _flat(res, "real")
 
 
 @register_metric("cf_head_accuracy", help="top-1/top-5 accuracy (%) of the shape, texture and "
@@ -53,8 +58,4 @@ def cf_head_accuracy(model: nn.Module, cf_val_set: Dataset, *, batch_size: int =
         predict=lambda m, b: {h: v for h, v in m(b[0]).items() if h in HEADS},
         target=lambda b: {"shape": b[1], "texture": b[2], "background": b[3]},
         dist=dist, desc="counterfactual heads")
-    out: dict[str, float] = {}
-    for head, r in res.items():
-        out[f"cf/{head}/top1"], out[f"cf/{head}/top5"] = r["top1"], r["top5"]
-        out["cf/n"] = r["n"]
-    return out
+    return _flat(res, "cf")
