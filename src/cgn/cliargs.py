@@ -85,6 +85,16 @@ DEVICE_HELP = "auto (a GPU when there is one, else the CPU) | cpu | cuda[:N]"
 RESUME_HELP = "continue the run in --out from its last checkpoint"
 
 
+def add_cgn_option(parser) -> None:
+    """``--cgn`` (alias ``--checkpoint``) and ``--reference-format``: the MNIST CGN a command reads."""
+    parser.add_argument("--cgn", "--checkpoint", dest="cgn", required=True, metavar="CGN",
+                        help="a shipped pretrained CGN by name (colored-mnist, double-colored-mnist, "
+                             "wildlife-mnist), a cgn train-cgn checkpoint, or the authors' .pth "
+                             "with --reference-format")
+    parser.add_argument("--reference-format", action="store_true",
+                        help="the file is one of the authors' plain state dicts")
+
+
 def flag(path: str) -> Flag:
     if path not in FLAGS:
         raise KeyError(f"config field {path!r} has no flag: add it to cgn.cliargs.FLAGS")

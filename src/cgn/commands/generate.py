@@ -18,10 +18,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "each with random texture and background labels. Each image stores "
                     "its labels and seeds and can be regenerated exactly. Rerun the same command "
                     "to resume an interrupted run.")
-    p.add_argument("--checkpoint", required=True, help="a cgn MNIST CGN checkpoint (or the authors' "
-                   "file with --reference-format)")
-    p.add_argument("--reference-format", action="store_true",
-                   help="the checkpoint is one of the authors' plain state dicts")
+    cliargs.add_cgn_option(p)
     cliargs.add_fields(p, GenerateConfig, FIELDS)
     p.add_argument("--device", default="auto", help=cliargs.DEVICE_HELP)
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (shards, manifest)")
@@ -36,9 +33,9 @@ def run(args) -> int:
 
     cfg = cliargs.resolve(args, GenerateConfig)
     device = resolve_device(args.device)
-    model, info = load_generator(args.checkpoint, reference_format=args.reference_format, device=device)
+    model, info = load_generator(args.cgn, reference_format=args.reference_format, device=device)
     t0 = time.perf_counter()
-    manifest = generate(model, cfg, args.out, source=checkpoint_source(args.checkpoint, info), device=device)
+    manifest = generate(model, cfg, args.out, source=checkpoint_source(args.cgn, info), device=device)
     dt = time.perf_counter() - t0
     kind = "counterfactual" if cfg.counterfactual else "plain"
     print(f"{args.out}: {cfg.n:,} {kind} images in {manifest['n_shards']} shard(s) "

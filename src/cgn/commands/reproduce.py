@@ -18,15 +18,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     rsub.required = True
     m = rsub.add_parser(
         "mnist", help="Table 3 on Colored / Double-colored / Wildlife MNIST",
-        description="For each dataset: take the authors' CGN (--cgn reference DIR) or train one with "
+        description="For each dataset: take the authors' CGN (--cgn reference DIR), the CGN shipped "
+                    "with cgn (--cgn pretrained) or train one with "
                     "the preset recipe (--cgn trained), generate counterfactuals, train the classifier "
                     "on each training set and write Markdown + JSON tables beside the published "
                     "numbers. Rerun the same command to resume (--jobs and --threads may change, "
                     "--ablation-sizes may gain sizes). "
                     "--jobs N runs up to N datasets at once in separate processes.")
     m.add_argument("--cgn", nargs="+", metavar="KIND",
-                   help="'trained' (default: train CGNs with the preset recipe) or 'reference DIR' "
-                        "(the authors' *_mnist.pth files in DIR)")
+                   help="'trained' (default: train CGNs with the preset recipe), 'pretrained' (the "
+                        "CGNs shipped with cgn) or 'reference DIR' (the authors' *_mnist.pth files in DIR)")
     m.add_argument("--cgn-run", action="append", default=[], metavar="DATASET=RUN_DIR",
                    help="with --cgn trained: use this finished cgn train-cgn run for DATASET "
                         "instead of training one (repeatable)")
@@ -48,8 +49,9 @@ def run(args) -> int:
     values = cliargs.given(args)
     cgn = args.cgn
     if cgn is not None:
-        if cgn[0] not in ("trained", "reference") or (cgn[0] == "reference") != (len(cgn) == 2) or len(cgn) > 2:
-            raise CGNError("--cgn takes 'trained' or 'reference DIR'")
+        if cgn[0] not in ("trained", "pretrained", "reference") or (cgn[0] == "reference") != (len(cgn) == 2) \
+                or len(cgn) > 2:
+            raise CGNError("--cgn takes 'trained', 'pretrained' or 'reference DIR'")
         values.update({"cgn": cgn[0], "reference_dir": cgn[1] if len(cgn) == 2 else None})
     runs = {}
     for item in args.cgn_run:

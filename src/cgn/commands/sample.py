@@ -30,9 +30,7 @@ GRID_MAX = 100  # samples shown by --grid
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("sample", help="sample (counterfactual) images from an MNIST CGN",
                        description=cliargs.plain(__doc__), formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", required=True, help="a cgn train-cgn checkpoint, or the authors' .pth")
-    p.add_argument("--reference-format", action="store_true",
-                   help="the checkpoint is one of the authors' plain state dicts")
+    cliargs.add_cgn_option(p)
     p.add_argument("--shape", default="random", help="shape label(s): digit, list or 'random'")
     p.add_argument("--texture", default="random", help="texture label(s), painting the foreground")
     p.add_argument("--background", default="random", help="background label(s)")
@@ -77,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
     if out.suffix != ".npz":
         raise CGNError(f"--out {out}: the output is an .npz file; name it e.g. samples.npz")
     device = resolve_device(args.device)
-    model, info = load_generator(args.checkpoint, reference_format=args.reference_format, device=device)
+    model, info = load_generator(args.cgn, reference_format=args.reference_format, device=device)
     rng = np.random.default_rng([args.seed, 1])  # labels drawn at random
     labels = {name: parse_labels(getattr(args, name), args.n, model.n_classes, rng, name)
               for name in ("shape", "texture", "background")}

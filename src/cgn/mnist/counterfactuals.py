@@ -244,5 +244,7 @@ def regenerate(model, manifest: dict, shape: int, texture: int, background: int,
 
 
 def checkpoint_source(path: str | Path, info: dict) -> dict:
-    """The ``generator`` block of a manifest: which CGN made the data."""
+    """The ``generator`` block of a manifest: which CGN made the data (``info['path']`` is the
+    file a shipped CGN's name resolved to)."""
+    path = info.get("path", path)
     return {"checkpoint": str(path), "sha256": file_digest(path, "sha256"), **info}

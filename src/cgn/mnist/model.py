@@ -155,20 +155,31 @@ def count_parameters(model: nn.Module) -> dict[str, int]:
 
 def load_generator(path: str | os.PathLike, reference_format: bool = False,
                    device: torch.device | str = "cpu") -> tuple[MnistCGN, dict]:
-    """A generator from a cgn checkpoint (``kind='mnist-cgn'``) or, with ``reference_format``,
-    from one of the authors' plain state dicts. Returns (model in eval mode, info dict)."""
+    """A generator from a cgn checkpoint (``kind='mnist-cgn'``), a weights-only file
+    (``mnist-cgn-weights``), the name of a shipped pretrained CGN (``colored-mnist``, ...:
+    :mod:`cgn.mnist.pretrained`) or, with ``reference_format``, one of the authors' plain state
+    dicts. Returns (model in eval mode, info dict)."""
     from cgn.core.checkpoint import load_checkpoint
     from cgn.mnist.config import config_from_dict
+    from cgn.mnist.pretrained import WEIGHTS_KIND, resolve
     from cgn.mnist.reference import load_reference
 
     if reference_format:
         model, info = load_reference(path)
     else:
-        ckpt = load_checkpoint(path, kind=CHECKPOINT_KIND)
+        name = str(path)
+        path = resolve(path)
+        ckpt = load_checkpoint(path, kind=(CHECKPOINT_KIND, WEIGHTS_KIND))
         cfg = config_from_dict(ckpt["config"])
         model = MnistCGN(cfg.model)
-        model.load_weights(ckpt["model"], f"checkpoint {path}")
+        state = {k: (v.float() if v.is_floating_point() else v) for k, v in ckpt["model"].items()}
+        model.load_weights(state, f"checkpoint {path}")
+        extra = ckpt.get("extra", {})
         info = {"format": "cgn", "path": str(path), "step": ckpt["step"], "preset": cfg.preset,
-                "dataset": cfg.train.dataset,
-                "feature_extractor": ckpt.get("extra", {}).get("feature_extractor", "")}
+                "dataset": cfg.train.dataset, "feature_extractor": extra.get("feature_extractor", "")}
+        if ckpt["kind"] == WEIGHTS_KIND:
+            info["format"] = "cgn-weights"
+            if name != str(path):
+                info["pretrained"] = name
+            info["provenance"] = extra.get("provenance", {})
     return model.to(device).eval(), info

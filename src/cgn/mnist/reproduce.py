@@ -70,9 +70,9 @@ def finished_cgn_run(dataset: str, run_dir: str | Path) -> dict:
 class ReproduceConfig:
     datasets: list[Literal["colored-mnist", "double-colored-mnist", "wildlife-mnist"]] = field(
         default_factory=lambda: list(variants.VARIANTS), metadata={"help": "datasets to reproduce"})
-    cgn: Literal["reference", "trained"] = field(default="trained", metadata={
-        "help": "trained: train a CGN per dataset with the preset recipe; reference: the "
-                "authors' CGNs from reference_dir"})
+    cgn: Literal["pretrained", "reference", "trained"] = field(default="trained", metadata={
+        "help": "trained: train a CGN per dataset with the preset recipe; pretrained: the CGNs "
+                "shipped with cgn; reference: the authors' CGNs from reference_dir"})
     reference_dir: str | None = field(default=None, metadata={
         "help": "folder with the authors' *_mnist.pth files (cgn=reference)"})
     n_counterfactuals: int = field(default=100_000, metadata={
@@ -145,6 +145,10 @@ class Reproduction:
             finished_cgn_run(dataset, run_dir)
         for dataset in cfg.datasets if cfg.cgn == "reference" else []:
             reference_checkpoint(cfg.reference_dir, dataset)
+        if cfg.cgn == "pretrained":
+            from cgn.mnist.pretrained import shipped_path
+            for dataset in cfg.datasets:
+                shipped_path(dataset)
         self.run = RunDir(self.out, asdict(cfg), resume=resume)
         stored, new = self.run.stored_config(), asdict(cfg)
         diff = self.run.check_resume(ReproduceConfig, new)
@@ -165,6 +169,9 @@ class Reproduction:
         """(checkpoint, is_reference_format, CGN run dir or None) for kind reference|trained|trained+ssim."""
         if kind == "reference":
             return reference_checkpoint(self.cfg.reference_dir, dataset), True, None
+        if kind == "pretrained":
+            from cgn.mnist.pretrained import shipped_path
+            return shipped_path(dataset), False, None
         if kind == "trained" and dataset in self.cfg.cgn_runs:
             run_dir = Path(self.cfg.cgn_runs[dataset])
             res = finished_cgn_run(dataset, run_dir)
@@ -237,7 +244,7 @@ class Reproduction:
         return res
 
     def row(self, dataset: str, kind: str | None, train_set: str, n: int, res: dict) -> dict:
-        return {"dataset": dataset, "cgn": kind if kind in ("reference", "trained") else (kind or None),
+        return {"dataset": dataset, "cgn": kind if kind in ("pretrained", "reference", "trained") else (kind or None),
                 "train_set": train_set, "n_counterfactuals": 0 if train_set == "real" else int(n),
                 "train_acc": round(float(res["train_acc"]), 2), "test_acc": round(float(res["test_acc"]), 2),
                 "command": self.command}

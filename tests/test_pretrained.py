@@ -1,0 +1,74 @@
+"""Shipped pretrained CGNs: the weights-only format, lookup by name, digests, the CLI's --cgn."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from cgn.cli import main
+from cgn.core.sampling import iter_samples, mechanism_seeds
+from cgn.errors import CGNError
+from cgn.mnist import pretrained
+from cgn.mnist.model import load_generator
+
+
+def _composites(model, n=64):
+    labels = torch.arange(n) % 10
+    parts = list(iter_samples(model, n, labels, labels.flip(0), (labels + 3) % 10,
+                              seeds=mechanism_seeds(0), batch_size=n, device="cpu"))
+    return torch.cat([p.composite for p in parts])
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_cgn_file, tmp_path_factory):
+    out = tmp_path_factory.mktemp("weights") / "double-colored-mnist.pt"
+    info = pretrained.export_weights(tiny_cgn_file, out, provenance={"command": "test"})
+    return out, info
+
+
+def test_export_is_small_fp16_and_samples_like_the_original(tiny_cgn_file, exported):
+    out, info = exported
+    assert info["sha256"] == pretrained.file_sha256(out)
+    assert info["bytes"] < 0.6 * tiny_cgn_file.stat().st_size  # fp16 and no extra state
+    assert 0 < info["max_cast_error"] < 1e-3
+    full, _ = load_generator(tiny_cgn_file)
+    small, meta = load_generator(out)
+    assert meta["format"] == "cgn-weights" and meta["provenance"]["weights_dtype"] == "float16"
+    assert meta["provenance"]["command"] == "test"
+    assert all(p.dtype == torch.float32 for p in small.parameters())  # computed in fp32
+    a, b = _composites(full), _composites(small)
+    assert (a - b).abs().max() < 2e-2  # fp16 weights move a pixel by < 1 % of its range
+
+
+def test_lookup_by_name_checks_the_digest(exported, tmp_path):
+    out, info = exported
+    registry = {"double-colored-mnist": pretrained.ShippedCGN("double-colored-mnist", out.name, info["sha256"])}
+    assert pretrained.resolve("double-colored-mnist", registry, out.parent) == out
+    assert pretrained.resolve(str(out), registry, out.parent) == out  # a file stays a file
+    with pytest.raises(CGNError, match="no pretrained CGN named 'coloured'"):
+        pretrained.resolve("coloured", registry, out.parent)
+    damaged = tmp_path / out.name
+    damaged.write_bytes(out.read_bytes()[:-1] + b"x")
+    with pytest.raises(CGNError, match="damaged"):
+        pretrained.shipped_path("double-colored-mnist", registry, tmp_path)
+    with pytest.raises(CGNError, match="missing"):
+        pretrained.shipped_path("double-colored-mnist", registry, tmp_path / "none")
+
+
+def test_every_shipped_cgn_verifies_and_loads():
+    for name in pretrained.names():
+        model, info = load_generator(name)
+        assert info["pretrained"] == name and info["dataset"] == name
+        assert {"command", "steps", "ood_accuracy"} <= set(info["provenance"])
+
+
+def test_cli_takes_a_weights_file_and_refuses_an_unknown_name(exported, tmp_path, capsys):
+    out, _ = exported
+    npz = tmp_path / "s.npz"
+    assert main(["sample", "--cgn", str(out), "--shape", "3", "--n", "4", "--out", str(npz)]) == 0
+    z = np.load(npz)
+    assert z["images"].shape == (4, 32, 32, 3) and (z["shape_labels"] == 3).all()
+    assert main(["sample", "--cgn", "no-such-cgn", "--n", "4", "--out", str(npz)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no pretrained CGN named 'no-such-cgn'" in err[0]
