@@ -35,6 +35,10 @@ class ShippedCGN:
     name: str      # the dataset it was trained on, which is also its name
     file: str      # file name in WEIGHTS_DIR
     sha256: str
+    # OOD test accuracy (%) of the paper's classifier on real + counterfactuals of this file,
+    # and the command that measured it (recorded here, since the file cannot hold its own result)
+    ood_accuracy: float | None = None
+    ood_command: str = ""
 
 
 # Filled in by scripts/ship_pretrained.py, which exports a finished run and prints this entry.
@@ -103,6 +107,9 @@ def export_weights(checkpoint: str | os.PathLike, out: str | os.PathLike, *, pro
 
 
 def provenance(name: str) -> dict:
-    """The provenance record stored in the shipped CGN ``name``."""
+    """How the shipped CGN ``name`` was made (the record stored in its file) and the OOD accuracy
+    measured with it (recorded in :data:`SHIPPED`)."""
     from cgn.core.checkpoint import load_checkpoint
-    return load_checkpoint(shipped_path(name), kind=WEIGHTS_KIND).get("extra", {}).get("provenance", {})
+    record = load_checkpoint(shipped_path(name), kind=WEIGHTS_KIND).get("extra", {}).get("provenance", {})
+    entry = SHIPPED[name]
+    return {**record, "ood_accuracy": entry.ood_accuracy, "ood_command": entry.ood_command}
