@@ -1,8 +1,8 @@
 """``cgn sample``: counterfactual samples from a trained MNIST CGN (ours or the authors').
 
-    cgn sample --checkpoint runs/dc/checkpoints/final.pt --shape 3 --texture 7 --background 1 \\
+    cgn sample --cgn runs/dc/checkpoints/final.pt --shape 3 --texture 7 --background 1 \\
                --n 64 --seed 0 --out cf.npz --grid cf.png
-    cgn sample --checkpoint double_colored_mnist.pth \\
+    cgn sample --cgn double_colored_mnist.pth \\
                --reference-format --shape random --texture random --background 4 --n 100 --seed 1 --out x.npz
 
 Each mechanism gets its own label (a digit, a comma-separated list of N digits, or ``random``)
