@@ -146,6 +146,20 @@ def test_forward_is_the_sigmoid_of_the_fused_logit():
     assert torch.equal(net(x), torch.sigmoid(logits[0]))
 
 
+def test_resize_and_flips_keep_image_and_mask_together():
+    images, masks = ellipses(4, 16, 5)
+    plain_x, plain_m = MaskedImages(images, masks, size=8).__getitems__([0, 1, 2, 3])
+    assert plain_x.shape == (4, 3, 8, 8) and plain_m.shape == (4, 1, 8, 8)
+    assert -1 <= plain_x.min() and plain_x.max() <= 1 and 0 <= plain_m.min() and plain_m.max() <= 1
+    torch.manual_seed(0)
+    x, m = MaskedImages(images, masks, size=8, flip="horizontal").__getitems__([0, 1, 2, 3])
+    flipped = [torch.equal(x[i], plain_x[i].flip(-1)) for i in range(4)]
+    assert any(flipped) and not all(flipped)
+    for i in range(4):
+        assert torch.equal(x[i], plain_x[i].flip(-1) if flipped[i] else plain_x[i])
+        assert torch.equal(m[i], plain_m[i].flip(-1) if flipped[i] else plain_m[i])
+
+
 def test_iou_and_mae_against_hand_counts():
     gt = torch.zeros(3, 1, 2, 4)
     gt[0, 0, 0, :3] = 1                      # 3 object pixels
