@@ -56,7 +56,8 @@ def _run(args: argparse.Namespace) -> int:
                      "drop those options or start a new run with another --out")
     else:
         cfg = cliargs.resolve(args, U2NetTrainConfig, lambda: preset(args.preset, COMMAND),
-                              values=values, required=("data.train", "data.test"))
+                              values=values,
+                              required=() if args.print_config else ("data.train", "data.test"))
     if args.print_config:
         cliargs.print_config(cfg)
         return 0
