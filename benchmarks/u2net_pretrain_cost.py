@@ -1,7 +1,7 @@
 """Seconds per training step of the U2-Net stand-in and the projected cost of a preset.
 
-    .venv/bin/python benchmarks/u2net_pretrain_cost.py                    # world-32, 10 steps
-    .venv/bin/python benchmarks/u2net_pretrain_cost.py --preset tiny --steps 5 --threads 2
+    .venv/bin/python benchmarks/u2net_pretrain_cost.py                    # u2netp-32, 10 steps
+    .venv/bin/python benchmarks/u2net_pretrain_cost.py --preset u2net-tiny --steps 5 --threads 2
 
 Runs the preset's model, loss (cgn.imagenet.u2net_train.step_loss) and Adam on random images
 and masks of the preset's size and batch (the cost does not depend on the pixels), after two
@@ -29,7 +29,7 @@ from cgn.presets import preset
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--preset", default="world-32")
+    ap.add_argument("--preset", default="u2netp-32")
     ap.add_argument("--steps", type=int, default=10, help="timed steps (after 2 warm-up steps)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--eval-images", type=int, default=256, help="images of the timed evaluation")

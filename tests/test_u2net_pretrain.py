@@ -79,7 +79,7 @@ def test_learns_the_masks_and_exports_what_imagenet_train_loads(world, tmp_path,
     out = tmp_path / "run"
     # 3 epochs of 8 steps of 8 images at 16 px; a larger lr than the paper's so that a few
     # dozen steps suffice
-    assert main(["imagenet", "pretrain", "u2net", "--preset", "tiny", "--data", str(train),
+    assert main(["imagenet", "pretrain", "u2net", "--preset", "u2net-tiny", "--data", str(train),
                  "--test", str(test), "--out", str(out), "--epochs", "3", "--lr", "0.02",
                  "--set", "data.epoch_images=64", "--set", "train.eval_every=100"]) == 0
     res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
@@ -105,7 +105,7 @@ def test_learns_the_masks_and_exports_what_imagenet_train_loads(world, tmp_path,
 
 def _run(world, out: Path, **sets) -> dict:
     train, test = world
-    cfg = override(preset("tiny", "imagenet pretrain u2net"), {
+    cfg = override(preset("u2net-tiny", "imagenet pretrain u2net"), {
         "data.train": str(train), "data.test": str(test), "train.limit_train": 24,
         "train.limit_test": 16, "data.epoch_images": 24, "train.epochs": 2, "train.checkpoint_every": 0,
         "train.log_every": 2, **sets})
@@ -185,7 +185,7 @@ def test_bad_splits_are_one_line_errors(world, tmp_path, capsys):
                  r"masks are uint8 \(4, 8, 8\) but the images \(4, 16, 16, 3\)"),
     }
     for name, (path, message) in cases.items():
-        rc = main(["imagenet", "pretrain", "u2net", "--preset", "tiny", "--data", str(path),
+        rc = main(["imagenet", "pretrain", "u2net", "--preset", "u2net-tiny", "--data", str(path),
                    "--test", str(test), "--out", str(tmp_path / name)])
         err = capsys.readouterr().err.strip()
         assert rc == 2 and len(err.splitlines()) == 1, err

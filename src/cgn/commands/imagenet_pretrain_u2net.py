@@ -27,9 +27,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "and save it as u2netp.pth (the public file's layout), which "
                                    "cgn imagenet train --u2net loads unchanged.")
     p.add_argument("--out", required=True, help="run directory (config, logs, checkpoints, weights)")
-    p.add_argument("--preset", default="world-32", choices=list(known),
-                   help="starting config: world-32 (32 px U2-Netp) or tiny (CPU check) "
-                        "(default: world-32)")
+    p.add_argument("--preset", default="u2netp-32", choices=list(known),
+                   help="starting config: u2netp-32 (32 px U2-Netp) or u2net-tiny (CPU "
+                        "check) (default: u2netp-32)")
     p.add_argument("--resume", action="store_true", help=cliargs.RESUME_HELP)
     cliargs.add_fields(p, U2NetTrainConfig, FIELDS, defaults={n: q.build() for n, q in known.items()},
                        required=("data.train", "data.test"))

@@ -9,14 +9,14 @@ decay; batch 12 as in the release's training script.
 
 Presets
 -------
-``world-32``
+``u2netp-32``
     U²-Netp (the ``u2netp.pth`` layout) at 32 px, 6 epochs of 4,800 images (2,400 steps of 12)::
 
-        cgn imagenet pretrain u2net --preset world-32 --data WORLD/train.npz \\
+        cgn imagenet pretrain u2net --preset u2netp-32 --data WORLD/train.npz \\
             --test WORLD/test.npz --out runs/u2net
 
     Target (the issue's): mean IoU >= 0.9 on the test split's ground-truth masks.
-``tiny``
+``u2net-tiny``
     The tiny layout at 16 px, 2 epochs of 32 images: the CPU check of the command (no
     expected numbers).
 """
@@ -124,14 +124,15 @@ class U2NetTrainConfig:
 
 _COMMAND = "imagenet pretrain u2net"
 PRESETS: dict[str, Preset] = {p.name: p for p in [
-    Preset("world-32", U2NetTrainConfig, _COMMAND,
-           "cgn imagenet pretrain u2net --preset world-32 --data WORLD/train.npz "
+    Preset("u2netp-32", U2NetTrainConfig, _COMMAND,
+           "cgn imagenet pretrain u2net --preset u2netp-32 --data WORLD/train.npz "
            "--test WORLD/test.npz --out runs/u2net",
            "target: mean IoU >= 0.9 against the test split's ground-truth masks",
            overrides={"model.arch": "small", "data.image_size": 32, "data.epoch_images": 4800,
                       "train.epochs": 6, "train.batch_size": 12, "train.eval_images": 1000}),
-    Preset("tiny", U2NetTrainConfig, _COMMAND,
-           "cgn imagenet pretrain u2net --preset tiny --data TRAIN.npz --test TEST.npz --out RUN",
+    Preset("u2net-tiny", U2NetTrainConfig, _COMMAND,
+           "cgn imagenet pretrain u2net --preset u2net-tiny --data TRAIN.npz --test TEST.npz "
+           "--out RUN",
            "nothing: the CPU check of the command",
            overrides={"model.arch": "tiny", "data.image_size": 16, "data.epoch_images": 32,
                       "train.epochs": 2, "train.batch_size": 8, "train.log_every": 1,
