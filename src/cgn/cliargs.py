@@ -75,6 +75,9 @@ FLAGS: dict[str, Flag] = {path: flag if isinstance(flag, Flag) else Flag(flag) f
     "optim.batch_size": "--batch-size", "optim.lr": "--lr", "max_steps": "--max-steps",
     "checkpoint_every": "--checkpoint-every", "log_every": "--log-every",
     "tensorboard": "--tensorboard",
+    # the U2-Net stand-in (imagenet pretrain u2net)
+    "data.train": Flag("--data", "FILE"), "data.test": Flag("--test", "FILE"),
+    "train.limit_test": Flag("--limit-test", "N"),
 }.items()}
 
 DEST = "config:"  # namespace attribute of a config option: DEST + field path

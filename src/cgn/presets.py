@@ -23,6 +23,7 @@ PRESET_MODULES = {
     "train-cgn": ("cgn.mnist.config", "MNIST CGN"),
     "imagenet train": ("cgn.imagenet.config", "ImageNet CGN"),
     "imagenet train-classifier": ("cgn.imagenet.classifier_config", "ImageNet classifier"),
+    "imagenet pretrain u2net": ("cgn.imagenet.u2net_config", "U2-Net stand-in"),
 }
 
 

@@ -55,6 +55,8 @@ checkpoint. Options:
   "eval/<name>"...}``. With ``tensorboard=True`` the same scalars go to ``<out>/tb``.
 * ``train_mode(model)``: called after ``model.train()``, e.g. :func:`batchnorm_eval` to keep
   BatchNorm statistics frozen.
+* ``extra_state``: a callable whose dict is stored in every checkpoint's ``extra``; after a
+  resume, ``trainer.resumed_extra`` holds the ``extra`` of the checkpoint resumed from.
 * ``max_steps``: stop (with a checkpoint) once the global step reaches it -- a time budget, or
   a simulated interruption in tests.
 * ``dist``: with ``world_size > 1`` the model is wrapped in DDP; the loss must be a mean over
@@ -142,6 +144,7 @@ class Trainer:
             raise CGNError(error)
         self.epoch, self.step_in_epoch, self.global_step = 0, 0, 0
         self.last_metrics: dict = {}
+        self.resumed_extra: dict = {}  # the extra entries of the checkpoint resumed from
         self.last_loss: torch.Tensor | None = None  # the latest step's loss (divergence check)
         # the training statistics not yet logged: name -> [sum, count]; checkpointed so that a
         # resumed run writes the same log lines as an uninterrupted one
@@ -180,6 +183,7 @@ class Trainer:
         self.epoch, self.step_in_epoch = int(ex["epoch"]), int(ex["step_in_epoch"])
         self.global_step = int(ckpt["step"])
         self.last_metrics = ex.get("metrics", {})
+        self.resumed_extra = dict(ex)
         windows = ex.get("log_window_all") or []
         if len(windows) == self.dist.world_size:
             self.window.load_state_dict(windows[self.dist.rank])

@@ -28,7 +28,7 @@ from cgn.errors import CGNError
 
 # The modules that define metrics (imported by name on demand: core imports no variant).
 METRIC_MODULES = ("cgn.mnist.quality", "cgn.imagenet.quality", "cgn.imagenet.accuracy",
-                  "cgn.imagenet.shape_bias", "cgn.imagenet.in9")
+                  "cgn.imagenet.shape_bias", "cgn.imagenet.in9", "cgn.imagenet.saliency")
 
 
 @dataclass(frozen=True)

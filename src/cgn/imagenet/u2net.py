@@ -167,7 +167,15 @@ class U2Net(nn.Module):
             setattr(self, f"side{k}", nn.Conv2d(c, 1, 3, padding=1))
         self.outconv = nn.Conv2d(6, 1, 1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, all_logits: bool = False):
+        """The saliency [B, 1, H, W]; with ``all_logits`` the list of :meth:`logits` instead
+        (training calls it so, through DistributedDataParallel when there are several ranks)."""
+        out = self.logits(x)
+        return out if all_logits else torch.sigmoid(out[0])
+
+    def logits(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The fused saliency logit and the six side logits (side1..side6), each [B, 1, H, W]
+        before the sigmoid: the seven outputs U²-Net's deep supervision trains."""
         ac = self.config.align_corners
         enc = []
         h = x
@@ -184,7 +192,7 @@ class U2Net(nn.Module):
             dec[k] = d                                                # hx5d .. hx1d
         d1 = self.side1(dec[1])
         sides = [d1] + [_up(getattr(self, f"side{k}")(dec[k]), d1, ac) for k in range(2, 7)]
-        return torch.sigmoid(self.outconv(torch.cat(sides, 1)))      # [B, 1, H, W]
+        return [self.outconv(torch.cat(sides, 1))] + sides
 
     # -- loading -------------------------------------------------------------------------------
     @classmethod
