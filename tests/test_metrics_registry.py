@@ -20,7 +20,7 @@ from cgn.io import save_npz_atomic
 
 MNIST_METRICS = {"shape_accuracy", "timeline_shape_accuracy", "mask_statistics", "colour_fidelity"}
 IMAGENET_METRICS = {"inception_score", "mu_mask", "imagenet_topk", "cf_head_accuracy", "shape_bias",
-                    "in9_bg_gap", "mask_iou"}
+                    "in9_bg_gap", "mask_iou", "fid"}
 
 
 class DigitByMass:

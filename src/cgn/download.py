@@ -146,7 +146,17 @@ ASSETS: list[Asset] = [
     Asset("inception-v3", (
         RemoteFile(("https://download.pytorch.org/models/inception_v3_google-0cc3c7bd.pth",),
                    "weights/inception_v3_google-0cc3c7bd.pth", sha256_prefix="0cc3c7bd"),
-    ), "torchvision Inception-v3 ImageNet weights (Inception Score)"),
+    ), "torchvision Inception-v3 ImageNet weights (IS/FID with --inception torchvision)"),
+    Asset("inception-tf", (
+        RemoteFile(("https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/"
+                    "weights-inception-2015-12-05-6726825d.pth",
+                    "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/"
+                    "pt_inception-2015-12-05-6726825d.pth"),
+                   "weights/weights-inception-2015-12-05-6726825d.pth", sha256_prefix="6726825d"),
+    ), "TF Inception-v3 graph of 2015-12-05 converted to PyTorch, as torch-fidelity uses it for "
+       "IS/FID (95 MB; --inception tf, the default)",
+        note="torch-fidelity's release (pytorch-fid's copy of the same conversion as a second mirror); "
+             "the sha256 prefix in its name is checked"),
     Asset("cue-conflict", (
         RemoteFile(("https://github.com/rgeirhos/texture-vs-shape/archive/"
                     "ef10e3ed6e41da1af0f0f8e0dfcea40ed838ee25.zip",

@@ -84,15 +84,27 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--device", default="auto", help=cliargs.DEVICE_HELP)
     g.set_defaults(func=_generate)
 
-    m = sub.add_parser("metrics", help="Inception Score and mu_mask of a folder of generated images",
+    m = sub.add_parser("metrics", help="Inception Score, FID and mu_mask of a folder of generated images",
                        description="Inception Score and mu_mask (the mean mask) of a folder of "
-                                   "generated images, as in the paper's Table 2.")
+                                   "generated images, as in the paper's Table 2, and FID against "
+                                   "a folder of real images or its cached statistics.")
     m.add_argument("--folder", required=True, help="generated images (e.g. DIR/train; masks/ inside)")
-    m.add_argument("--metrics", nargs="+", default=["inception_score", "mu_mask"],
-                   choices=["inception_score", "mu_mask"], help="metrics to compute (default: both)")
+    m.add_argument("--metrics", nargs="+", choices=["inception_score", "mu_mask", "fid"],
+                   help="metrics to compute (default: inception_score and mu_mask, and fid when "
+                        "--fid-reference is given)")
+    m.add_argument("--inception", default="tf", choices=["tf", "torchvision"],
+                   help="network of IS and FID: tf, the TF Inception graph of the published numbers "
+                        "(torch-fidelity's weights; cgn download inception-tf), or torchvision's "
+                        "Inception-v3 (cgn download inception-v3; other numbers) (default: tf)")
     m.add_argument("--classifier", default="auto",
-                   help="auto | imagenet | random | path of torchvision Inception-v3 weights")
-    m.add_argument("--download", action="store_true", help="allow downloading Inception-v3 weights")
+                   help="weights of the chosen --inception: auto (its file in $CGN_HOME/weights or "
+                        "the torch hub cache) | random (pipeline checks only) | PATH (default: auto)")
+    m.add_argument("--download", action="store_true", help="allow downloading the Inception weights")
+    m.add_argument("--fid-reference", metavar="DIR_OR_NPZ",
+                   help="FID reference: a folder of real images, or an .npz of their statistics")
+    m.add_argument("--save-reference-stats", metavar="NPZ",
+                   help="write the reference statistics (mu, sigma, n, network) to this .npz, to "
+                        "pass as --fid-reference next time")
     m.add_argument("--splits", type=int, default=10,
                    help="Inception Score: splits the images are scored in (default 10)")
     m.add_argument("--limit", type=int, help="use the first N images")
@@ -208,16 +220,25 @@ def _generate(args: argparse.Namespace) -> int:
 
 def _metrics(args: argparse.Namespace) -> int:
     from cgn.core.device import resolve_device
-    from cgn.imagenet.quality import evaluate_folder, load_inception, needs_classifier
+    from cgn.imagenet.quality import evaluate_folder, load_extractor, needs_classifier
     from cgn.io import write_json_atomic
 
     device = resolve_device(args.device)
+    metrics = args.metrics or ["inception_score", "mu_mask"] + (["fid"] if args.fid_reference else [])
+    if args.save_reference_stats and not args.fid_reference:
+        raise CGNError("--save-reference-stats needs --fid-reference DIR (the folder of real images)")
+    if args.fid_reference and "fid" not in metrics:
+        raise CGNError("--fid-reference is given but --metrics does not include fid; add fid")
+    if "fid" in metrics and not args.fid_reference:
+        raise CGNError("FID needs a reference: give --fid-reference with a folder of real images or "
+                       "an .npz of their statistics")
     clf = None
-    if needs_classifier(args.metrics):
-        clf = load_inception(args.classifier, allow_download=args.download)
+    if needs_classifier(metrics):
+        clf = load_extractor(args.inception, args.classifier, allow_download=args.download)
     res = evaluate_folder(args.folder, classifier=clf, classifier_description=clf.description if clf else "",
-                          metrics=args.metrics, splits=args.splits, limit=args.limit,
-                          batch_size=args.batch_size, device=device)
+                          metrics=metrics, splits=args.splits, limit=args.limit,
+                          batch_size=args.batch_size, device=device, fid_reference=args.fid_reference,
+                          save_reference_stats=args.save_reference_stats)
     d = {"folder": str(Path(args.folder).resolve()), **res.as_dict()}
     if args.json:
         write_json_atomic(args.json, d)

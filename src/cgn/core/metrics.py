@@ -27,7 +27,7 @@ from typing import Any, Callable
 from cgn.errors import CGNError
 
 # The modules that define metrics (imported by name on demand: core imports no variant).
-METRIC_MODULES = ("cgn.mnist.quality", "cgn.imagenet.quality", "cgn.imagenet.accuracy",
+METRIC_MODULES = ("cgn.mnist.quality", "cgn.imagenet.quality", "cgn.imagenet.fid", "cgn.imagenet.accuracy",
                   "cgn.imagenet.shape_bias", "cgn.imagenet.in9", "cgn.imagenet.saliency")
 
 

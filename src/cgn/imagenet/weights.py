@@ -21,6 +21,7 @@ WEIGHT_ASSETS = {
     "cgn": ("cgn-imagenet", "weights/cgn.pth"),
     "vgg16": ("vgg16", "weights/vgg16-397923af.pth"),
     "fixed_noise": ("imagenet-sheet-noise", "weights/imagenet_u_fixed.pth"),
+    "inception_tf": ("inception-tf", "weights/weights-inception-2015-12-05-6726825d.pth"),
 }
 
 
