@@ -44,28 +44,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def parse_labels(spec: str, n: int, n_classes: int, rng: np.random.Generator, name: str) -> np.ndarray:
-    spec = str(spec).strip()
-    if spec == "random":
-        return rng.integers(0, n_classes, size=n).astype(np.int64)
-    try:
-        values = [int(v) for v in spec.split(",") if v.strip()]
-    except ValueError:
-        raise CGNError(f"--{name} {spec!r}: give a digit 0..{n_classes - 1}, a comma-separated list "
-                       "of N digits, or 'random'") from None
-    if len(values) == 1:
-        values = values * n
-    if len(values) != n:
-        raise CGNError(f"--{name}: {len(values)} labels for --n {n}; give one label or exactly N")
-    arr = np.array(values, dtype=np.int64)
-    if arr.min() < 0 or arr.max() >= n_classes:
-        raise CGNError(f"--{name}: labels must be in 0..{n_classes - 1}")
-    return arr
-
-
 def run(args: argparse.Namespace) -> int:
     from cgn.core.device import resolve_device
-    from cgn.core.sampling import CGNSample, iter_samples, mechanism_seeds, to_uint8
+    from cgn.core.sampling import CGNSample, choose_all_labels, iter_samples, mechanism_seeds, to_uint8
     from cgn.io import save_npz_atomic
     from cgn.mnist.model import load_generator
 
@@ -76,9 +57,8 @@ def run(args: argparse.Namespace) -> int:
         raise CGNError(f"--out {out}: the output is an .npz file; name it e.g. samples.npz")
     device = resolve_device(args.device)
     model, info = load_generator(args.cgn, reference_format=args.reference_format, device=device)
-    rng = np.random.default_rng([args.seed, 1])  # labels drawn at random
-    labels = {name: parse_labels(getattr(args, name), args.n, model.n_classes, rng, name)
-              for name in ("shape", "texture", "background")}
+    labels = choose_all_labels(args.shape, args.texture, args.background, args.n, model.n_classes,
+                               args.seed)
     seeds = mechanism_seeds(args.seed)
     images, masks, head = [], [], []
     for part in iter_samples(model, args.n, torch.from_numpy(labels["shape"]),
@@ -93,15 +73,7 @@ def run(args: argparse.Namespace) -> int:
                     shape_labels=labels["shape"], texture_labels=labels["texture"],
                     background_labels=labels["background"], meta=np.array(json.dumps(meta)))
     if args.grid:
-        from cgn.mnist.preview import make_grid, save_png, stack_vertical, titled
-        s = CGNSample.cat(head)
-        k = min(args.n, GRID_MAX)
-        ncol = min(k, 10)
-        mask_img = to_uint8(s.mask[:k].expand(-1, 3, -1, -1) * 2 - 1)
-        panels = [titled(make_grid(to_uint8(s.composite[:k]), ncol), "composite", 2),
-                  titled(make_grid(mask_img, ncol), "mask", 2),
-                  titled(make_grid(to_uint8(s.foreground[:k]), ncol), "foreground", 2),
-                  titled(make_grid(to_uint8(s.background[:k]), ncol), "background", 2)]
-        save_png(args.grid, stack_vertical(panels))
+        from cgn.mnist.preview import sample_grid, save_png
+        save_png(args.grid, sample_grid(CGNSample.cat(head), limit=GRID_MAX))
     print(f"wrote {args.n} samples to {out}" + (f" and a grid to {args.grid}" if args.grid else ""))
     return 0

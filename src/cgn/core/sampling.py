@@ -110,6 +110,45 @@ class LatentStream:
         return {k: v[lo:lo + n] for k, v in joined.items()}
 
 
+def choose_labels(spec, n: int, n_classes: int, rng: np.random.Generator, name: str) -> np.ndarray:
+    """A mechanism's ``n`` labels (int64) from ``spec``: ``None`` or ``"random"`` (drawn
+    uniformly from ``rng``), one digit, ``n`` digits (a sequence or a tensor), or the command
+    line's form of these (``"3"``, ``"0,1,2"``). One label is repeated ``n`` times."""
+    if spec is None or (isinstance(spec, str) and spec.strip() == "random"):
+        return rng.integers(0, n_classes, size=n).astype(np.int64)
+    how = f"give a digit 0..{n_classes - 1}, a comma-separated list of N digits, or 'random'"
+    if isinstance(spec, str):
+        try:
+            values = [int(v) for v in spec.split(",") if v.strip()]
+        except ValueError:
+            raise CGNError(f"{name} label {spec!r}: {how}") from None
+    else:
+        try:
+            values = np.asarray(spec.tolist() if isinstance(spec, torch.Tensor) else spec).reshape(-1)
+        except (TypeError, ValueError):
+            raise CGNError(f"{name} label {spec!r}: {how}") from None
+        if values.dtype.kind not in "iu":
+            raise CGNError(f"{name} label {spec!r}: {how}")
+        values = values.astype(np.int64).tolist()
+    if len(values) == 1:
+        values = values * n
+    if len(values) != n:
+        raise CGNError(f"{name}: {len(values)} labels for n={n}; give one label or exactly n")
+    arr = np.array(values, dtype=np.int64)
+    if arr.min() < 0 or arr.max() >= n_classes:
+        raise CGNError(f"{name} labels must be in 0..{n_classes - 1}")
+    return arr
+
+
+def choose_all_labels(shape, texture, background, n: int, n_classes: int,
+                      seed: int) -> dict[str, np.ndarray]:
+    """The labels of all three mechanisms (:func:`choose_labels`); random ones are drawn, in
+    the order shape, texture, background, from a stream of ``seed`` apart from the noise's."""
+    rng = np.random.default_rng([int(seed), 1])
+    return {name: choose_labels(spec, n, n_classes, rng, name)
+            for name, spec in zip(MECHANISMS, (shape, texture, background))}
+
+
 def _as_labels(y, n: int, n_classes: int, name: str) -> torch.Tensor:
     t = torch.as_tensor(y, dtype=torch.int64).flatten()
     if t.numel() == 1:

@@ -21,6 +21,8 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
+import torch
+from torch.utils.data import Dataset
 
 from cgn.errors import CGNError
 from cgn.io import atomic_write, file_digest, read_json, save_npz_atomic, write_json_atomic
@@ -98,8 +100,12 @@ def write_shard(out: Path, k: int, images: np.ndarray, labels: dict[str, np.ndar
         p.name: file_digest(p, "sha256") for p in (img_path, lab_path)}})
 
 
-class CounterfactualSet:
-    """A generated dataset, memory-mapped: ``images`` (uint8) and the label/seed arrays."""
+class CounterfactualSet(Dataset):
+    """A generated dataset: ``images(index)`` (uint8, read row by row), the label and seed arrays
+    ``labels[c]`` for ``c`` in :data:`LABEL_COLUMNS`, and the ``manifest``.
+
+    A ``torch.utils.data.Dataset`` too: items are ``(image, label)``, the image float32
+    [3, 32, 32] in [-1, 1] and the label its shape class (what a classifier learns)."""
 
     def __init__(self, root: str | Path):
         self.root = Path(root)
@@ -127,6 +133,17 @@ class CounterfactualSet:
 
     def __len__(self) -> int:
         return int(self._starts[-1])
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return self.__getitems__([i])[0]
+
+    def __getitems__(self, indices) -> list[tuple[torch.Tensor, int]]:
+        from cgn.mnist.variants import image_items, item_positions
+        idx = item_positions(indices, len(self))
+        return image_items(self.images(idx), self.labels["shape"][idx])
+
+    def __repr__(self) -> str:
+        return f"CounterfactualSet({str(self.root)!r}, n={len(self)})"
 
     def images(self, index: np.ndarray) -> np.ndarray:
         """uint8 [len(index), 32, 32, 3] for arbitrary indices (reads only those rows)."""

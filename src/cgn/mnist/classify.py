@@ -71,6 +71,9 @@ class ClassifierConfig:
     threads: int = field(default=0, metadata={"help": "torch CPU threads (0: torch's default)"})
     limit_real: int | None = field(default=None, metadata={
         "help": "use only the first N real training images (smoke tests, probes)"})
+    limit_test: int | None = field(default=None, metadata={
+        "help": "score only the first N OOD test images (smoke tests, probes; not comparable "
+                "with full-test numbers)"})
     device: str = field(default="auto", metadata={"help": "auto | cpu | cuda[:N]"})
 
     def __post_init__(self):
@@ -83,6 +86,7 @@ class ClassifierConfig:
         check(self.epochs >= 1 and self.batch_size >= 1, "epochs and batch_size must be >= 1")
         check(self.lr > 0 and 0 < self.gamma <= 1, "lr must be > 0 and gamma in (0, 1]")
         check(self.limit_real is None or self.limit_real >= 1, "limit_real must be >= 1")
+        check(self.limit_test is None or self.limit_test >= 1, "limit_test must be >= 1")
         check(self.precision in ("auto", "bf16", "fp32"), "precision must be auto, bf16 or fp32")
 
 
@@ -162,9 +166,19 @@ def training_set(cfg: ClassifierConfig) -> tuple[Dataset, dict]:
     return ArrayImages(parts), info
 
 
+def accuracy(model: torch.nn.Module, dataset: Dataset, device: torch.device | str = "cpu",
+             batch_size: int = 1000) -> float:
+    """Top-1 accuracy (percent) of ``model`` in eval mode on a data set of (image, label) items,
+    images [3, 32, 32] in [-1, 1]: an :class:`ArrayImages`, a
+    :class:`cgn.mnist.variants.MnistVariant`, a :class:`CounterfactualSet` or any such Dataset."""
+    from cgn.core.sampling import eval_mode
+    loader = eval_loader(dataset, batch_size, collate_fn=_batch if isinstance(dataset, ArrayImages) else None)
+    with eval_mode(model):
+        return evaluate_accuracy(model, loader, topk=(1,), device=torch.device(device))["top1"]
+
+
 def _accuracy(model, dataset: Dataset, device) -> float:
-    loader = eval_loader(dataset, 1000, collate_fn=_batch)
-    return evaluate_accuracy(model, loader, topk=(1,), device=device)["top1"]
+    return accuracy(model, dataset, device)
 
 
 def train_classifier(cfg: ClassifierConfig, out: str | Path, resume: bool = False,
@@ -175,7 +189,8 @@ def train_classifier(cfg: ClassifierConfig, out: str | Path, resume: bool = Fals
     seed_everything(cfg.seed)
     train, info = training_set(cfg)
     test = _split(cfg, "test")
-    test_ds = ArrayImages([ArrayImages.arrays(test["images"], test["labels"])])
+    n_test = len(test["labels"]) if cfg.limit_test is None else min(cfg.limit_test, len(test["labels"]))
+    test_ds = ArrayImages([ArrayImages.arrays(test["images"][:n_test], test["labels"][:n_test])])
     rng = np.random.default_rng(cfg.seed)
     sub = np.sort(rng.choice(len(train), size=min(cfg.train_eval_size, len(train)), replace=False))
     train_eval = ArrayImages([(lambda idx: train.raw(sub[idx]), train.labels[torch.from_numpy(sub)])])
@@ -219,6 +234,10 @@ def train_classifier(cfg: ClassifierConfig, out: str | Path, resume: bool = Fals
 
 
 def load_classifier(path: str | Path, device="cpu") -> tuple[MnistClassifier, dict]:
+    """(model in eval mode, its config) from a checkpoint or a run directory (its
+    ``checkpoints/last.pt``)."""
+    if Path(path).is_dir():
+        path = Path(path) / "checkpoints" / "last.pt"
     ckpt = load_checkpoint(path, kind=CHECKPOINT_KIND)
     model = MnistClassifier()
     load_state_dict_strict(model, ckpt["model"], f"classifier checkpoint {path}")

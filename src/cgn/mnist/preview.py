@@ -53,3 +53,15 @@ def stack_vertical(images: list[Image.Image]) -> Image.Image:
         out.paste(i, (0, y))
         y += i.height
     return out
+
+
+def sample_grid(sample, limit: int = 100, ncol: int = 10, scale: int = 2) -> Image.Image:
+    """Four titled panels of a :class:`cgn.core.sampling.CGNSample` (its first ``limit`` items,
+    ``ncol`` per row): composite, mask, foreground, background."""
+    from cgn.core.sampling import to_uint8
+    k = min(len(sample), limit)
+    ncol = min(k, ncol)
+    mask = to_uint8(sample.mask[:k].expand(-1, 3, -1, -1) * 2 - 1)
+    panels = [(to_uint8(sample.composite[:k]), "composite"), (mask, "mask"),
+              (to_uint8(sample.foreground[:k]), "foreground"), (to_uint8(sample.background[:k]), "background")]
+    return stack_vertical([titled(make_grid(images, ncol), title, scale) for images, title in panels])

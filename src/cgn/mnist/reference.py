@@ -62,6 +62,20 @@ def check_reference_digest(path: Path) -> tuple[str, str]:
     return md5, dataset or "unknown"
 
 
+def is_reference_file(path: str | os.PathLike) -> bool:
+    """Whether ``path`` holds one of the authors' plain state dicts rather than a cgn checkpoint:
+    a released file name or digest, or else a file without the cgn checkpoint header. A file
+    that cannot be read counts as a cgn checkpoint, whose loader then names the problem."""
+    path = Path(path)
+    if path.name in RELEASED_NAMES or (path.is_file() and file_digest(path, "md5") in KNOWN_MD5):
+        return True
+    try:
+        state = torch_load(path)
+    except CGNError:
+        return False
+    return not (isinstance(state, dict) and state.get("format") == FORMAT)
+
+
 def from_reference(state: dict[str, torch.Tensor], source: str = "state dict") -> dict[str, torch.Tensor]:
     """Rename the authors' keys to ours; unknown prefixes are an error."""
     out = {}

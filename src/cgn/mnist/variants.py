@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from PIL import ImageColor
+from torch.utils.data import Dataset
 
 from cgn import __version__
 from cgn.core.composer import compose
@@ -215,3 +216,51 @@ def to_tensor(images: np.ndarray) -> torch.Tensor:
 def meta_json(meta: dict) -> np.ndarray:
     """``meta`` as a 0-d string array, for storing inside an .npz without pickling."""
     return np.array(json.dumps(meta))
+
+
+def item_positions(indices, n: int) -> np.ndarray:
+    """``indices`` (negative ones counted from the end) as positions in ``0..n-1``; IndexError
+    outside (which also ends iteration over a Dataset)."""
+    idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+    idx = np.where(idx < 0, idx + n, idx)
+    if len(idx) and (idx.min() < 0 or idx.max() >= n):
+        raise IndexError(f"index out of range for a data set of {n} images")
+    return idx
+
+
+def image_items(images: np.ndarray, labels: np.ndarray) -> list[tuple[torch.Tensor, int]]:
+    """(image float32 [3, 32, 32] in [-1, 1], label) pairs of uint8 images [n, 32, 32, 3]."""
+    return list(zip(to_tensor(images).unbind(0), np.asarray(labels).tolist()))
+
+
+class MnistVariant(Dataset):
+    """One split of an MNIST variant (:func:`load_split`) as a ``torch.utils.data.Dataset``.
+
+    Items are ``(image, label)``: the image float32 [3, 32, 32] in [-1, 1] (the CGN's and the
+    classifier's input range), the label the digit. The whole split is built on creation (cached
+    per process) and kept as read-only arrays: ``images`` (uint8 [N, 32, 32, 3]), ``labels``,
+    ``fg_class`` and ``bg_class`` (int64 [N]; ``bg_class`` is -1 where the variant has no
+    background class) and ``meta`` (seed, MNIST source, texture set).
+    """
+
+    def __init__(self, name: str, split: str = "train", *, seed: int = 0,
+                 textures: str | os.PathLike | None = None, official_test: bool = False):
+        data = load_split(name, split, seed=seed, textures=textures, official_test=official_test)
+        self.name, self.split, self.meta = name, split, dict(data["meta"])
+        for key in ("images", "labels", "fg_class", "bg_class"):
+            view = data[key].view()  # the cached split stays untouched
+            view.flags.writeable = False
+            setattr(self, key, view)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return self.__getitems__([i])[0]
+
+    def __getitems__(self, indices) -> list[tuple[torch.Tensor, int]]:
+        idx = item_positions(indices, len(self))
+        return image_items(self.images[idx], self.labels[idx])
+
+    def __repr__(self) -> str:
+        return f"MnistVariant({self.name!r}, split={self.split!r}, seed={self.meta['seed']}, n={len(self)})"
