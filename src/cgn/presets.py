@@ -23,6 +23,7 @@ PRESET_MODULES = {
     "train-cgn": ("cgn.mnist.config", "MNIST CGN"),
     "imagenet train": ("cgn.imagenet.config", "ImageNet CGN"),
     "imagenet train-classifier": ("cgn.imagenet.classifier_config", "ImageNet classifier"),
+    "imagenet pretrain biggan": ("cgn.imagenet.biggan_pretrain_config", "BigGAN-deep stand-in"),
 }
 
 
