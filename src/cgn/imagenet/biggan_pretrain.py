@@ -130,10 +130,15 @@ class Trainer:
         enable_tf32(self.device)
         self.G_net, self.D_net = self.G, self.D
         if self.ctx.enabled:
+            import inspect
+
             from torch.nn.parallel import DistributedDataParallel as DDP
+            # the buffers (spectral-norm vectors) evolve alike on every rank: no sync per forward
+            no_sync = ({"forward_sync_buffers": False} if "forward_sync_buffers" in
+                       inspect.signature(DDP).parameters else {"broadcast_buffers": False})
             ids = [self.device.index] if self.device.type == "cuda" else None
-            self.G_net = DDP(self.G, device_ids=ids, broadcast_buffers=False)
-            self.D_net = DDP(self.D, device_ids=ids, broadcast_buffers=False)
+            self.G_net = DDP(self.G, device_ids=ids, **no_sync)
+            self.D_net = DDP(self.D, device_ids=ids, **no_sync)
 
         self._order_epoch, self._order = -1, torch.zeros(0, dtype=torch.long)
         k = cfg.model.num_classes
