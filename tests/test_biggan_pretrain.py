@@ -25,7 +25,7 @@ from faults import SIGNALS, stop_at_random
 STEPS = 6
 TINY = ["imagenet", "pretrain", "biggan", "--preset", "tiny", "--steps", str(STEPS), "--threads", "1",
         "--quiet", "--set", "train.sample_every=3", "--set", "train.log_every=2",
-        "--set", "train.checkpoint_every=3"]
+        "--set", "train.checkpoint_every=2"]
 
 
 @pytest.fixture(autouse=True)
@@ -191,7 +191,7 @@ def test_run_directory_and_export(reference_run, tmp_path):
     assert (tmp_path / "e" / "config.json").read_text() == (export / "config.json").read_text()
 
 
-@pytest.mark.parametrize("how,seed", [("ctrl-c", 1), ("sigterm", 2), ("hard-kill", 3)])
+@pytest.mark.parametrize("how,seed", [("ctrl-c", 5), ("sigterm", 2), ("hard-kill", 6)])
 def test_interrupt_and_resume_is_exact(reference_run, data, tmp_path, how, seed):
     """A real signal at a random moment of a real process; the resumed run ends bit-identical."""
     args = [*TINY, "--data", str(data)]
