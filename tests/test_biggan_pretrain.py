@@ -5,8 +5,10 @@ the real CLI), its discriminator, hinge loss, EMA with standing statistics, and 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import signal
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,6 +24,7 @@ from cgn.imagenet.biggan_standing import ema_update, prepared_copy, standing_sta
 
 from faults import SIGNALS, stop_at_random
 
+DATA = Path(__file__).resolve().parent / "data"
 STEPS = 6
 TINY = ["imagenet", "pretrain", "biggan", "--preset", "tiny", "--steps", str(STEPS), "--threads", "1",
         "--quiet", "--set", "train.sample_every=3", "--set", "train.log_every=2",
@@ -177,6 +180,11 @@ def test_run_directory_and_export(reference_run, tmp_path):
     state = torch_load(export / "pytorch_model.bin")
     ema = load_checkpoint(run / "checkpoints" / "final.pt")["extra"]["generator_ema"]
     assert set(state) == set(ema)
+    # the public biggan-deep-256 keys, fewer blocks: the same names up to the block index
+    public = [line.split()[0] for line in (DATA / "biggan_deep_256_keys.txt").read_text().splitlines()
+              if line.strip() and not line.startswith("#")]
+    block = lambda k: re.sub(r"layers\.\d+\.", "layers.N.", k)  # noqa: E731
+    assert {block(k) for k in state} == {block(k) for k in public}
     for part in ("biggan_GT", "f_shape", "f_text", "f_bg"):
         got = getattr(model, part).state_dict()
         assert all(torch.equal(got[k], v) for k, v in state.items()), part
