@@ -52,6 +52,12 @@ FLAGS: dict[str, Flag] = {path: flag if isinstance(flag, Flag) else Flag(flag) f
     "loss.precision": "--precision", "loss.vgg16": Flag("--vgg16", "FILE"),
     "model.biggan": Flag("--biggan", "PATH"), "model.u2net": Flag("--u2net", "FILE"),
     "model.cgn": Flag("--cgn", "FILE"),
+    # the BigGAN-deep stand-in (imagenet pretrain biggan)
+    "train.data": Flag("--data", "FILE.npz"), "train.steps": "--steps", "train.precision": "--precision",
+    "train.ema_decay": "--ema-decay", "train.ema_start": "--ema-start",
+    "model.resolution": "--resolution", "model.g_width": "--g-width", "model.d_width": "--d-width",
+    "model.num_classes": "--num-classes", "optim.lr_g": "--lr-g", "optim.lr_d": "--lr-d",
+    "optim.d_steps": "--d-steps",
     # the MNIST classifier (train-classifier) and counterfactual sets (generate)
     "dataset": "--dataset", "train_set": "--train-set", "generated": Flag("--generated", "DIR"),
     "official_test": "--official-test", "n": "--n", "counterfactual": "--counterfactual",

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 
-SUBMODULES = ["cgn.commands.imagenet_pretrain_u2net"]
+SUBMODULES = ["cgn.commands.imagenet_pretrain_u2net", "cgn.commands.imagenet_pretrain_biggan"]
 
 
 def register(sub: argparse._SubParsersAction) -> None:

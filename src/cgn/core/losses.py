@@ -1,6 +1,7 @@
 """Losses of a CGN, shared by the MNIST and the ImageNet variants.
 
-- LSGAN adversarial losses (least squares against 1 for real, 0 for fake);
+- LSGAN adversarial losses (least squares against 1 for real, 0 for fake), and the hinge
+  losses BigGAN trains with (a BigGAN stand-in: :mod:`cgn.imagenet.biggan_pretrain`);
 - the mask's binary entropy, which pushes every mask pixel towards 0 or 1;
 - the mask-size interval loss (ImageNet: the mean mask is kept inside ``[0.1, 0.9]``);
 - the perceptual *style* loss: L1 between per-sample Gram matrices of VGG16 features, layer ``i``
@@ -37,6 +38,22 @@ def lsgan_generator_loss(d_fake: torch.Tensor) -> torch.Tensor:
 def lsgan_discriminator_loss(d_real: torch.Tensor, d_fake: torch.Tensor) -> torch.Tensor:
     """Discriminator side of LSGAN: ``(mean((D(x)-1)**2) + mean(D(x_gen)**2)) / 2``."""
     return (F.mse_loss(d_real, torch.ones_like(d_real)) + F.mse_loss(d_fake, torch.zeros_like(d_fake))) / 2
+
+
+def hinge_discriminator_terms(d_real: torch.Tensor, d_fake: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The two terms of the hinge loss of D: ``mean(relu(1 - D(x)))``, ``mean(relu(1 + D(x_gen)))``."""
+    return F.relu(1 - d_real).mean(), F.relu(1 + d_fake).mean()
+
+
+def hinge_discriminator_loss(d_real: torch.Tensor, d_fake: torch.Tensor) -> torch.Tensor:
+    """Hinge loss of D (Lim & Ye 2017; SA-GAN, BigGAN): the sum of :func:`hinge_discriminator_terms`."""
+    real, fake = hinge_discriminator_terms(d_real, d_fake)
+    return real + fake
+
+
+def hinge_generator_loss(d_fake: torch.Tensor) -> torch.Tensor:
+    """Hinge loss of G: ``-mean(D(x_gen))``."""
+    return -d_fake.mean()
 
 
 # --- mask --------------------------------------------------------------------------------------

@@ -14,6 +14,11 @@ channels when the width shrinks and is upsampled (nearest) with the main path.
 is taken (linear interpolation between the two neighbouring rows off the grid; the port weights
 the two neighbours the other way round, which only matters off the 0.02 grid — the CGN uses 0.5
 and 1.0, on it).
+
+Training a BigGAN as a GAN (:mod:`cgn.imagenet.biggan_pretrain`) normalises with each batch's own
+statistics instead: :func:`use_batch_statistics` switches every BigGANBatchNorm of a model to it
+(a plain attribute, not state: the state dict and the eval path stay those of the port), and
+:mod:`cgn.imagenet.biggan_standing` fills the standing-statistics rows afterwards.
 """
 
 from __future__ import annotations
@@ -62,8 +67,13 @@ class _SpectralNorm(nn.Module):
             return
         # A few power iterations so that a fresh layer's σ estimate is already positive and
         # close to the top singular value (as if it had been trained for a few steps).
+        self.power_iterate(5)
+
+    @torch.no_grad()
+    def power_iterate(self, n: int) -> None:
+        """``n`` power iterations on the stored vectors (what ``n`` training-mode forwards do)."""
         w_mat = self.weight_orig.reshape(self.weight_orig.shape[0], -1)
-        for _ in range(5):
+        for _ in range(n):
             self.weight_v.copy_(F.normalize(torch.mv(w_mat.t(), self.weight_u), dim=0, eps=self.eps))
             self.weight_u.copy_(F.normalize(torch.mv(w_mat, self.weight_v), dim=0, eps=self.eps))
 
@@ -120,6 +130,8 @@ class BigGANBatchNorm(nn.Module):
         self.n_stats = n_stats
         self.register_buffer("running_means", torch.zeros(n_stats, num_features))
         self.register_buffer("running_vars", torch.ones(n_stats, num_features))
+        self.batch_stats = False  # normalise with the batch's own statistics (GAN training)
+        self.recorded: list | None = None  # a list: collects (mean, var) of batch-statistics forwards
         self.conditional = cond_dim is not None
         if self.conditional:
             self.scale = SNLinear(cond_dim, num_features, bias=False, eps=eps)
@@ -140,6 +152,8 @@ class BigGANBatchNorm(nn.Module):
         return mean, var
 
     def forward(self, x: torch.Tensor, truncation: float, cond: torch.Tensor | None = None) -> torch.Tensor:
+        if self.batch_stats:
+            return self._forward_batch_stats(x, cond)
         mean, var = self.stats(truncation)
         if self.conditional:
             gamma = 1 + self.scale(cond)[:, :, None, None]          # [B, C, 1, 1]
@@ -148,6 +162,25 @@ class BigGANBatchNorm(nn.Module):
                 * gamma + beta
         return F.batch_norm(x, mean, var, self.weight, self.bias, training=False, momentum=0.0,
                             eps=self.eps)
+
+    def _forward_batch_stats(self, x: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
+        xf = x.float()
+        mean = xf.mean(dim=(0, 2, 3))                                  # [C], gradients flow
+        var = xf.var(dim=(0, 2, 3), unbiased=False)                    # biased, as BatchNorm
+        if self.recorded is not None:
+            self.recorded.append((mean.detach(), var.detach()))
+        h = (x - mean[None, :, None, None]) / torch.sqrt(var[None, :, None, None] + self.eps)
+        if self.conditional:
+            return h * (1 + self.scale(cond)[:, :, None, None]) + self.offset(cond)[:, :, None, None]
+        return h * self.weight[None, :, None, None] + self.bias[None, :, None, None]
+
+
+def use_batch_statistics(model: nn.Module, on: bool = True) -> None:
+    """Switch every :class:`BigGANBatchNorm` in ``model`` to batch statistics (``on``) or back to
+    the standing statistics of the public port (the default everywhere else)."""
+    for m in model.modules():
+        if isinstance(m, BigGANBatchNorm):
+            m.batch_stats = on
 
 
 class GenBlock(nn.Module):
