@@ -28,6 +28,7 @@ def test_torchrun_two_processes_gloo(tmp_path):
     assert len(rows) == 1 and all(torch.isfinite(torch.tensor(v)) for k, v in rows[0].items()
                                   if k.startswith("loss/"))
     assert (out / "samples" / "sheet_ep0000001.png").is_file()
+    assert len(list((out / "tb").glob("events.out.tfevents.*"))) == 1  # TensorBoard: rank 0 only
     # rank 0 alone prints the final record
     assert res.stdout.count('"step": 1') == 1
     # DDP semantics: the update equals one process that averages both ranks' gradients

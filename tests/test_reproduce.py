@@ -40,8 +40,13 @@ def test_reproduce_trained_end_to_end_and_resume(tmp_path, capsys):
     md = (out / "table3.md").read_text()
     assert "97.4 / 89 " in md and "**" in md  # published rows beside ours
     for png in ("samples_double-colored-mnist.png", "mask_timeline_double-colored-mnist.png",
-                "ablation_n_counterfactuals.png"):
+                "ablation_n_counterfactuals.png", "ood_accuracy_per_epoch.png"):
         assert Image.open(out / png).size[0] > 50
+    # per-epoch OOD accuracy: one curve per table row, from the classifier's eval lines (1 epoch)
+    curves = json.loads((out / "ood_accuracy_per_epoch.json").read_text())
+    assert [(c["train_set"], c["cgn"]) for c in curves] == [(r["train_set"], r["cgn"]) for r in rows]
+    for c, r in zip(curves, rows):
+        assert c["epochs"] == [1] and round(c["test_acc"][-1], 2) == r["test_acc"]
     abl = json.loads((out / "ablation_n_counterfactuals.json").read_text())
     assert [r["n_counterfactuals"] for r in abl] == [30]
     t4 = json.loads((out / "table4.json").read_text())

@@ -52,7 +52,8 @@ checkpoint. Options:
 * ``log_every``: every N steps rank 0 appends ``{"step", "epoch", "lr", "train/loss",
   "train/<stat>"...}`` to ``metrics.jsonl`` (means over the window and all ranks; a stat
   ``(sum, count)`` is logged as ``sum / count``); evaluations append ``{"step", "epoch",
-  "eval/<name>"...}``. With ``tensorboard=True`` the same scalars go to ``<out>/tb``.
+  "eval/<name>"...}``. With ``tensorboard=True`` the same numbers go to TensorBoard
+  (``<out>/tb``, :mod:`cgn.core.tensorboard`).
 * ``train_mode(model)``: called after ``model.train()``, e.g. :func:`batchnorm_eval` to keep
   BatchNorm statistics frozen.
 * ``extra_state``: a callable whose dict is stored in every checkpoint's ``extra``; after a
@@ -135,7 +136,7 @@ class Trainer:
         error = None
         if self.dist.is_main:
             try:
-                self.run = RunDir(self.out, config, resume=resume)
+                self.run = RunDir(self.out, config, resume=resume, tensorboard=tensorboard)
             except CGNError as e:
                 error = str(e)
         # every rank learns whether rank 0 could open the run (instead of waiting forever)
@@ -151,7 +152,6 @@ class Trainer:
         self.window = WindowStats(self.log_every)
         if resume:
             self._try_resume()
-        self.tb = self._open_tensorboard() if tensorboard and self.dist.is_main else None
 
     # -- checkpoints ---------------------------------------------------------------------------
     @property
@@ -163,6 +163,7 @@ class Trainer:
         if not path.exists():
             if self.run is not None:
                 self.run.log(f"--resume: no checkpoint in {path.parent}; starting from scratch")
+                self.run.truncate_metrics(-1)  # no stale lines (nor TensorBoard events)
             return
         ckpt = load_checkpoint(path, kind=self.kind)
         ex = ckpt["extra"]
@@ -214,28 +215,13 @@ class Trainer:
         save_checkpoint(self.checkpoint_path, kind=self.kind, step=self.global_step,
                         config=self.config, model=self.module.state_dict(),
                         optim={"optimizer": self.optimizer.state_dict()}, rng=rngs[0], extra=extra)
+        self.run.flush()
 
     # -- logging -------------------------------------------------------------------------------
-    def _open_tensorboard(self):
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:
-            if self.run is not None:
-                self.run.log("tensorboard is not installed (pip install tensorboard); logging "
-                             "to metrics.jsonl only")
-            return None
-        return SummaryWriter(log_dir=str(self.out / "tb"), purge_step=self.global_step or None)
-
     def emit(self, record: dict) -> None:
         """Append a record to metrics.jsonl (and TensorBoard) on rank 0."""
-        if self.run is None:
-            return
-        self.run.metric(record)
-        if self.tb is not None:
-            for k, v in record.items():
-                if k not in ("step", "epoch") and isinstance(v, (int, float)):
-                    self.tb.add_scalar(k, v, record["step"])
-            self.tb.flush()
+        if self.run is not None:
+            self.run.metric(record)
 
     def _flush_window(self) -> None:
         if self.window.empty:
@@ -272,8 +258,12 @@ class Trainer:
             self.run.log(f"training {self.kind}: {self.epochs} epochs x {steps} steps, world size "
                          f"{self.dist.world_size}, device {self.dist.device}")
         # Ctrl-C / SIGTERM end the step in flight, then checkpoint that exact state.
-        with StepBoundary() as stop:
-            return self._fit(steps, stop)
+        try:
+            with StepBoundary() as stop:
+                return self._fit(steps, stop)
+        finally:
+            if self.run is not None:
+                self.run.close()  # TensorBoard's events, also when stopped
 
     def _stop_requested(self, stop: StepBoundary) -> bool:
         """Whether any rank was asked to stop (all ranks then stop after the same step)."""
@@ -339,8 +329,6 @@ class Trainer:
             self.save()
             if self._stop_requested(stop):
                 self._stopped(stop)
-        if self.tb is not None:
-            self.tb.close()
         self.dist.barrier()
         return {"step": self.global_step, "epoch": self.epoch, "metrics": self.last_metrics}
 

@@ -1,6 +1,8 @@
 """Run directories: one folder per run holding, in this order of creation,
 ``config.json`` (the resolved config), ``log.txt``, ``metrics.jsonl``, ``samples/`` and
-``checkpoints/``.
+``checkpoints/``, and ``tb/`` (TensorBoard event files: every number of every metrics line at its
+step, and the sample grids a trainer passes to :meth:`RunDir.image`;
+:mod:`cgn.core.tensorboard`).
 """
 
 from __future__ import annotations
@@ -19,15 +21,20 @@ import torch
 from cgn import __version__
 from cgn.config import ResumeDiff, check_resume
 from cgn.core.lock import lock_dir
+from cgn.core.tensorboard import TensorBoardLog
 from cgn.errors import CGNError
 from cgn.io import append_jsonl, read_json, read_jsonl, write_json_atomic
 
 
 class RunDir:
-    def __init__(self, root: str | os.PathLike, config: dict, *, resume: bool = False):
+    """``tensorboard=False``: metrics go to ``metrics.jsonl`` only."""
+
+    def __init__(self, root: str | os.PathLike, config: dict, *, resume: bool = False,
+                 tensorboard: bool = True):
         self.root = Path(root)
         self.samples = self.root / "samples"
         self.checkpoints = self.root / "checkpoints"
+        self.tensorboard = TensorBoardLog(self.root / "tb", log=self.log) if tensorboard else None
         cfg_path = self.root / "config.json"
         before = set(os.listdir(self.root)) if self.root.is_dir() else None
         lock_dir(self.root)  # one process per run directory
@@ -74,18 +81,41 @@ class RunDir:
             sys.stderr.write(message + "\n")
             sys.stderr.flush()
 
-    def metric(self, record: dict[str, Any]) -> None:
+    def metric(self, record: dict[str, Any], key: str = "step") -> None:
+        """Append a line to ``metrics.jsonl``; its numbers also go to TensorBoard at its ``key``."""
         append_jsonl(self.root / "metrics.jsonl", record)
+        if self.tensorboard is not None and isinstance(record.get(key), int):
+            self.tensorboard.scalars(record, record[key], skip=(key,))
+
+    def image(self, tag: str, image: Any, step: int) -> None:
+        """A sample grid (PIL image or uint8 ``[H, W, C]``) for TensorBoard; the PNG in
+        ``samples/`` is the trainer's to write."""
+        if self.tensorboard is not None:
+            self.tensorboard.image(tag, image, step)
+
+    def flush(self) -> None:
+        """Write out pending TensorBoard events (at every checkpoint)."""
+        if self.tensorboard is not None:
+            self.tensorboard.flush()
+
+    def close(self) -> None:
+        """Close the TensorBoard event file (the end of a training session, or its interruption)."""
+        if self.tensorboard is not None:
+            self.tensorboard.close()
 
     def metrics(self) -> list[dict]:
         return read_jsonl(self.root / "metrics.jsonl")
 
     def truncate_metrics(self, max_step: int, key: str = "step") -> None:
-        """On resume, drop metric lines written after the checkpoint being resumed from."""
+        """On resume, drop metric lines written after the checkpoint being resumed from (at
+        ``max_step``; -1 drops every line), and hide TensorBoard's events after it the same way."""
         path = self.root / "metrics.jsonl"
-        rows = [r for r in read_jsonl(path) if r.get(key, 0) <= max_step]
-        from cgn.io import write_text_atomic
-        write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in rows))
+        if path.exists():
+            rows = [r for r in read_jsonl(path) if r.get(key, 0) <= max_step]
+            from cgn.io import write_text_atomic
+            write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in rows))
+        if self.tensorboard is not None:
+            self.tensorboard.purge(max_step + 1)
 
     def latest_checkpoint(self) -> Path | None:
         p = self.checkpoints / "last.pt"

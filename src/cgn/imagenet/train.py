@@ -85,14 +85,15 @@ def sample_sheet(model: ImageNetCGN, classes: list[int], u: torch.Tensor, trunca
         model.train(was)
 
 
-def save_png(path: Path, img: torch.Tensor) -> None:
-    """[3, H, W] in [0, 1] -> PNG, atomically."""
+def save_png(path: Path, img: torch.Tensor) -> np.ndarray:
+    """[3, H, W] in [0, 1] -> PNG, atomically; returns the uint8 [H, W, 3] picture."""
     from PIL import Image
 
     from cgn.io import atomic_write
     arr = (img.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
     with atomic_write(path, "wb") as f:
         Image.fromarray(arr).save(f, format="PNG")
+    return arr
 
 
 class Trainer:
@@ -141,6 +142,8 @@ class Trainer:
             if self.ctx.is_main:
                 self.run.truncate_metrics(self.episode)
             self._log(f"resumed from {last} at episode {self.episode}")
+        elif resume and self.ctx.is_main:  # stopped before its first checkpoint: start over
+            self.run.truncate_metrics(-1)
         self.model.train()
         self.net: torch.nn.Module = self.model
         if self.ctx.enabled:
@@ -220,7 +223,7 @@ class Trainer:
         img = sample_sheet(self.model, self.cfg.train.sample_classes, self.u_fixed,
                            self.cfg.train.sample_truncation)
         path = self.run.samples / f"sheet_ep{self.episode:07d}.png"
-        save_png(path, img)
+        self.run.image("samples", save_png(path, img), self.episode)
         return path
 
     def save(self) -> Path:
@@ -231,12 +234,17 @@ class Trainer:
                         model=self.model.state_dict(),
                         optim={k: o.state_dict() for k, o in self.opts.items()},
                         rng=rng_state(), extra=extra)
+        self.run.flush()
         return path
 
     def run_training(self) -> list[dict]:
         # Ctrl-C / SIGTERM end the episode in flight (on every rank), then checkpoint it.
-        with StepBoundary() as stop:
-            return self._run_episodes(stop)
+        try:
+            with StepBoundary() as stop:
+                return self._run_episodes(stop)
+        finally:
+            if self.ctx.is_main:
+                self.run.close()  # TensorBoard's events, also when stopped
 
     def _run_episodes(self, stop: StepBoundary) -> list[dict]:
         t = self.cfg.train

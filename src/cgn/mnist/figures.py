@@ -19,8 +19,9 @@ def _mask_u8(mask: torch.Tensor) -> np.ndarray:
     return to_uint8(mask.expand(-1, 3, -1, -1) * 2 - 1)
 
 
-def save_sample_grid(model: MnistCGN, inputs: dict[str, torch.Tensor], path: Path, title: str) -> None:
-    """Composite, mask, foreground and background of fixed inputs, one panel each (classes as columns)."""
+def save_sample_grid(model: MnistCGN, inputs: dict[str, torch.Tensor], path: Path, title: str) -> Image.Image:
+    """Composite, mask, foreground and background of fixed inputs, one panel each (classes as
+    columns); returns the picture written."""
     with eval_mode(model):
         out = model(**inputs)
     ncol = model.n_classes
@@ -28,7 +29,9 @@ def save_sample_grid(model: MnistCGN, inputs: dict[str, torch.Tensor], path: Pat
               titled(make_grid(_mask_u8(out.mask.cpu()), ncol), "mask", 2),
               titled(make_grid(to_uint8(out.foreground.cpu()), ncol), "foreground", 2),
               titled(make_grid(to_uint8(out.background.cpu()), ncol), "background", 2)]
-    save_png(path, stack_vertical(panels))
+    grid = stack_vertical(panels)
+    save_png(path, grid)
+    return grid
 
 
 def save_timeline_figure(steps: np.ndarray, masks: np.ndarray, path: Path, title: str) -> None:

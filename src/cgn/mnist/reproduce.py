@@ -9,6 +9,7 @@ classifier on each training set, and write into the run directory:
     samples_<dataset>.png                real training images vs counterfactuals
     mask_timeline_<dataset>.png          masks of fixed noise through CGN training (trained CGNs)
     ablation_n_counterfactuals.{json,md,png}   OOD accuracy vs number of counterfactuals (option)
+    ood_accuracy_per_epoch.{json,png}    OOD accuracy after each classifier epoch (table 3's rows)
     table4.json / table4.md              the SSIM-loss ablation (option)
     <dataset>/<cgn>/...                  the CGN run, generated sets and classifier runs
 
@@ -39,7 +40,7 @@ from cgn.core.results import read_results, results_path
 from cgn.core.rundir import RunDir
 from cgn.core.workers import run_in_workers
 from cgn.errors import CGNError
-from cgn.io import write_json_atomic
+from cgn.io import read_jsonl, write_json_atomic
 from cgn.mnist import tables, variants
 from cgn.mnist.classify import TRAIN_SETS, ClassifierConfig, train_classifier
 from cgn.mnist.cfdata import CounterfactualSet
@@ -224,10 +225,12 @@ class Reproduction:
                      f"images in {time.perf_counter() - t0:.0f} s -> {out.relative_to(self.out)}")
         return out
 
+    def classifier_dir(self, dataset: str, kind: str | None, train_set: str, n: int) -> Path:
+        return self.out / dataset / (kind or "real") / (f"clf-{train_set}" + (f"-{n}" if train_set != "real" else ""))
+
     def classifier(self, dataset: str, kind: str | None, train_set: str, generated: Path | None,
                    n: int) -> dict:
-        name = f"clf-{train_set}" + (f"-{n}" if train_set != "real" else "")
-        out = self.out / dataset / (kind or "real") / name
+        out = self.classifier_dir(dataset, kind, train_set, n)
         done = read_results(out)
         if done is not None:
             return done
@@ -313,6 +316,21 @@ class Reproduction:
     # -- outputs -------------------------------------------------------------------------------
     def write_tables(self) -> None:
         tables.write_tables(self.out, self.rows, self.command, self.cfg.ssim_weight)
+        tables.write_epoch_curves(self.out, self.epoch_curves())
+
+    def epoch_curves(self) -> list[dict]:
+        """The OOD accuracy after each epoch of table 3's classifiers (their eval lines)."""
+        curves = []
+        for r in self.rows:
+            if "ablation" in r or r["cgn"] == "trained+ssim":
+                continue
+            lines = read_jsonl(self.classifier_dir(r["dataset"], r["cgn"], r["train_set"],
+                                                   r["n_counterfactuals"]) / "metrics.jsonl")
+            pts = [(m["epoch"], m["eval/test_acc"]) for m in lines if "eval/test_acc" in m]
+            if pts:
+                curves.append({**{k: r[k] for k in ("dataset", "cgn", "train_set", "n_counterfactuals")},
+                               "epochs": [e for e, _ in pts], "test_acc": [a for _, a in pts]})
+        return curves
 
     def samples_figure(self, dataset: str, generated: Path | None) -> None:
         from cgn.mnist.preview import make_grid, save_png, stack_vertical, titled

@@ -4,6 +4,9 @@ number-of-counterfactuals ablation (Markdown and plot), and the SSIM-loss ablati
 A row is ``{dataset, cgn, train_set, n_counterfactuals, train_acc, test_acc, command}`` (accuracies
 in percent); ablation rows also carry ``"ablation": "n_counterfactuals"``. ``scripts/collect_results.py``
 merges the rows of several run directories and writes them with the same functions.
+
+:func:`write_epoch_curves`: the OOD test accuracy after every classifier epoch
+(``ood_accuracy_per_epoch.{json,png}``), from the classifiers' ``metrics.jsonl``.
 """
 
 from __future__ import annotations
@@ -69,10 +72,7 @@ def ablation_markdown(rows: list[dict]) -> str:
 
 
 def ablation_plot(rows: list[dict], path: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(5, 3.5))
+    fig, ax = _pyplot().subplots(figsize=(5, 3.5))
     for d in sorted({r["dataset"] for r in rows}):
         pts = sorted((r["n_counterfactuals"], r["test_acc"]) for r in rows if r["dataset"] == d)
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=d)
@@ -81,11 +81,46 @@ def ablation_plot(rows: list[dict], path: Path) -> None:
     ax.set_ylabel("OOD test accuracy (%)")
     ax.legend()
     ax.grid(alpha=0.3)
-    fig.tight_layout()
+    _save_figure(fig, path)
+
+
+def _pyplot():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def _save_figure(fig, path: Path) -> None:
     from cgn.io import atomic_write
+    fig.tight_layout()
     with atomic_write(path) as f:
         fig.savefig(f, format="png", dpi=120)
-    plt.close(fig)
+    _pyplot().close(fig)
+
+
+def write_epoch_curves(out: Path, curves: list[dict]) -> None:
+    """``ood_accuracy_per_epoch.json`` (the curves: ``{dataset, cgn, train_set,
+    n_counterfactuals, epochs, test_acc}``) and ``.png`` (one line per dataset and training set:
+    colour = dataset, line style = training set); nothing when there are no curves."""
+    if not curves:
+        return
+    write_json_atomic(out / "ood_accuracy_per_epoch.json", curves)
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7.5, 4))
+    colours = {d: f"C{i}" for i, d in enumerate(sorted({c["dataset"] for c in curves}))}
+    styles = dict(zip(SET_NAMES, ("-", ":", "--", "-.")))
+    for c in curves:
+        ax.plot(c["epochs"], c["test_acc"], marker="o", markersize=3, color=colours[c["dataset"]],
+                linestyle=styles.get(c["train_set"], "-"),
+                label=f"{c['dataset']}: {SET_NAMES.get(c['train_set'], c['train_set'])}")
+    ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
+    ax.set_xlabel("classifier epoch")
+    ax.set_ylabel("OOD test accuracy (%)")
+    ax.set_title("OOD test accuracy after each classifier epoch", fontsize=10)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    ax.grid(alpha=0.3)
+    _save_figure(fig, out / "ood_accuracy_per_epoch.png")
 
 
 def table4_markdown(rows: list[dict], weight: float) -> str:

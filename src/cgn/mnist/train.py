@@ -25,7 +25,8 @@ uninterrupted one.
 Run directory (``cgn.core.rundir.RunDir``): ``config.json`` (the resolved config, including the
 feature extractor actually used), ``log.txt``, ``metrics.jsonl``, ``samples/`` (sample grids at
 fixed noise: composite, mask, foreground, background; ``mask_timeline.png`` / ``.npz``),
-``checkpoints/last.pt`` and, when done, ``checkpoints/final.pt`` and ``results.json``.
+``tb/`` (TensorBoard: the metrics lines' numbers and the step grids), ``checkpoints/last.pt`` and,
+when done, ``checkpoints/final.pt`` and ``results.json``.
 """
 
 from __future__ import annotations
@@ -158,7 +159,7 @@ class Trainer:
         if resumed and self.run.latest_checkpoint() is not None:
             self._restore(self.run.latest_checkpoint())
         elif resumed:  # stopped before its first checkpoint: start over, keep no stale metrics
-            self.run.truncate_metrics(0)
+            self.run.truncate_metrics(-1)  # (nor TensorBoard's step-0 grid: it is drawn again)
         if self.resumed_from is None and cfg.model.background_bias == "data":  # a fresh start
             bias = background_bias_from_data(self.data.images)
             with torch.no_grad():
@@ -224,6 +225,7 @@ class Trainer:
                         config=to_dict(self.cfg), model=self.G.state_dict(),
                         optim={"generator": self.opt_g.state_dict(), "discriminator": self.opt_d.state_dict()},
                         rng=rng_state(), extra=extra)
+        self.run.flush()
 
     def _restore(self, path: Path) -> None:
         ckpt = load_checkpoint(path, kind=CHECKPOINT_KIND)
@@ -304,9 +306,21 @@ class Trainer:
         save_timeline_figure(steps, masks, self.run.samples / "mask_timeline.png",
                              f"{self.cfg.train.dataset}: masks of fixed noise/labels through training")
 
+    def _sample_grid(self) -> None:
+        """``samples/step_NNNNNN.png`` of the fixed inputs, also to TensorBoard ("samples")."""
+        grid = save_sample_grid(self.G, self.grid_inputs, self.run.samples / f"step_{self.step:06d}.png",
+                                f"step {self.step}")
+        self.run.image("samples", grid, self.step)
+
     # -- the loop --
 
     def fit(self) -> dict:
+        try:
+            return self._fit()
+        finally:
+            self.run.close()  # TensorBoard's events, also when stopped
+
+    def _fit(self) -> dict:
         t = self.cfg.train
         if self.step == 0:
             self.run.log(f"training {t.dataset}: {self.total_steps} steps of batch {t.batch_size} "
@@ -314,7 +328,7 @@ class Trainer:
                          f"style features: {self.feature_source.describe()}; VGG precision "
                          f"{self.precision.name} ({self.precision.reason})")
             self._record_timeline()
-            save_sample_grid(self.G, self.grid_inputs, self.run.samples / "step_000000.png", "step 0")
+            self._sample_grid()
         bar = progress(total=self.total_steps, initial=self.step, desc=f"train-cgn {t.dataset}")
         self.window.restart_clock()
         # Ctrl-C / SIGTERM end the step in flight first: the checkpoint then holds exactly the
@@ -337,8 +351,7 @@ class Trainer:
                 if self.step % t.timeline_every == 0:
                     self._record_timeline()
                 if self.step % t.sample_every == 0:
-                    save_sample_grid(self.G, self.grid_inputs, self.run.samples / f"step_{self.step:06d}.png",
-                                     f"step {self.step}")
+                    self._sample_grid()
                     self._write_timeline()
                 if self.step % t.checkpoint_every == 0 or stop.requested:
                     self._save()
