@@ -26,7 +26,7 @@ from faults import SIGNALS, stop_at_random
 
 DATA = Path(__file__).resolve().parent / "data"
 STEPS = 6
-TINY = ["imagenet", "pretrain", "biggan", "--preset", "tiny", "--steps", str(STEPS), "--threads", "1",
+TINY = ["imagenet", "pretrain", "biggan", "--preset", "biggan-tiny", "--steps", str(STEPS), "--threads", "1",
         "--quiet", "--set", "train.sample_every=3", "--set", "train.log_every=2",
         "--set", "train.checkpoint_every=2"]
 
@@ -242,7 +242,7 @@ def test_resume_keeps_the_settings(reference_run, data, tmp_path, capsys):
     assert main(["imagenet", "pretrain", "biggan", "--out", str(run), "--resume", "--lr-d", "1e-3"]) == 2
     assert "may not change optim.lr_d" in capsys.readouterr().err
     assert main(["imagenet", "pretrain", "biggan", "--out", str(run), "--resume", "--preset", "world-32"]) == 2
-    assert "uses preset tiny" in capsys.readouterr().err
+    assert "uses preset biggan-tiny" in capsys.readouterr().err
     other = _world(tmp_path / "other.npz", seed=1)
     assert main(["imagenet", "pretrain", "biggan", "--out", str(run), "--resume", "--data", str(other)]) == 2
     assert "not the data the run" in capsys.readouterr().err
@@ -257,7 +257,7 @@ def test_resume_keeps_the_settings(reference_run, data, tmp_path, capsys):
 def test_bad_data_is_a_one_line_error(data, tmp_path, capsys):
     def run(path, *extra):
         out = tmp_path / "out"
-        rc = main(["imagenet", "pretrain", "biggan", "--preset", "tiny", "--data", str(path),
+        rc = main(["imagenet", "pretrain", "biggan", "--preset", "biggan-tiny", "--data", str(path),
                    "--out", str(out), *extra])
         err = capsys.readouterr().err.strip()
         assert rc == 2 and len(err.splitlines()) == 1, err

@@ -56,7 +56,11 @@ def presets(subcommand: str | None = None) -> dict[str, Preset]:
                        f"{', '.join(PRESET_MODULES)}")
     out: dict[str, Preset] = {}
     for cmd in [subcommand] if subcommand else PRESET_MODULES:
-        out.update(importlib.import_module(PRESET_MODULES[cmd][0]).PRESETS)
+        mine = importlib.import_module(PRESET_MODULES[cmd][0]).PRESETS
+        clash = sorted(set(mine) & set(out))
+        if clash:  # names are looked up across commands, so each must be unique
+            raise AssertionError(f"preset name(s) {clash} defined for two commands")
+        out.update(mine)
     return out
 
 

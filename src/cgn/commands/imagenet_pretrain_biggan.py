@@ -35,7 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "--biggan. Ctrl-C or SIGTERM saves a checkpoint; --resume "
                                    "continues bit-identically.")
     p.add_argument("--preset", choices=list(known), default=None,
-                   help="world-32 (the world's stand-in) or tiny (CPU check) (default: world-32)")
+                   help="world-32 (the world's stand-in) or biggan-tiny (CPU check) (default: world-32)")
     p.add_argument("--out", required=True, help="run directory")
     p.add_argument("--resume", action="store_true",
                    help=cliargs.RESUME_HELP + " (with the run's stored settings; options given may "

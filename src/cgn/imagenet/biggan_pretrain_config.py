@@ -16,7 +16,7 @@ Presets
 
     Expected: its samples carry their class (the world classifier labels >= 90 % of them with
     the class they were drawn for) -- measured by the world pipeline, not here.
-``tiny``
+``biggan-tiny``
     16 px, width 4, standing statistics on a 0.1 truncation grid, 4 steps of batch 8: the CPU
     check of the trainer (no expected numbers).
 """
@@ -124,8 +124,8 @@ PRESETS: dict[str, Preset] = {p.name: p for p in [
            "a generator whose samples carry their class (the world classifier labels >= 90 % of "
            "them with the class they were drawn for), exported for cgn imagenet train --biggan",
            overrides={"model.num_classes": 10}),
-    Preset("tiny", BigGANPretrainConfig, "imagenet pretrain biggan",
-           "cgn imagenet pretrain biggan --preset tiny --data TRAIN.npz --out runs/biggan-tiny",
+    Preset("biggan-tiny", BigGANPretrainConfig, "imagenet pretrain biggan",
+           "cgn imagenet pretrain biggan --preset biggan-tiny --data TRAIN.npz --out runs/biggan-tiny",
            "nothing: the CPU check of the trainer",
            overrides={"model.resolution": 16, "model.g_width": 4, "model.d_width": 4,
                       "model.z_dim": 8, "model.n_stats": 11, "train.steps": 4, "train.batch_size": 8,
