@@ -140,3 +140,17 @@ def test_bad_inputs():
 def test_to_tensor_range():
     x = V.to_tensor(np.array([[[[0, 255, 128]]]], dtype=np.uint8))
     assert x.shape == (1, 3, 1, 1) and x[0, 0, 0, 0] == -1 and x[0, 1, 0, 0] == 1
+
+
+def test_masks_are_the_alpha_each_variant_painted_with():
+    from cgn.mnist.source import load_mnist
+    digits = V.upscale_digits(load_mnist().train_images[50000:50300])
+    binary = np.where(digits > V.BINARIZE_THRESHOLD * 255, 255, 0).astype(np.uint8)
+    col = V.load_split("colored-mnist", "test")
+    assert col["masks"].dtype == np.uint8 and col["masks"].shape == (10000, 32, 32)
+    # colored: the grey level is the alpha of the colour over black
+    assert np.array_equal(col["masks"], V.upscale_digits(load_mnist().test_images))
+    assert (col["images"][col["masks"] == 0] == 0).all()
+    for variant in ("double-colored-mnist", "wildlife-mnist"):
+        d = V.load_split(variant, "test")
+        assert np.array_equal(d["masks"][:300], binary)
