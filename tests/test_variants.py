@@ -128,6 +128,17 @@ def test_wildlife_textures_named_and_cropped(shared_data):
         assert np.isin(colours[~mask[i]], bg_sets[d["bg_class"][i]]).all()
 
 
+def test_world_train_split_is_the_variant_plus_masks(tmp_path):
+    # the wildlife train split is built (and cached) by the tests above
+    from cgn.imagenet.world import WorldSpec, build_world
+    from cgn.imagenet.world_data import load_split_arrays
+    build_world(WorldSpec(n_train=300, n_test=50), tmp_path)
+    world = load_split_arrays(tmp_path, "train")[0]
+    ref = V.load_split("wildlife-mnist", "train")
+    for key in ("images", "labels", "fg_class", "bg_class", "masks"):
+        assert np.array_equal(world[key], ref[key][:300]), key
+
+
 def test_bad_inputs():
     with pytest.raises(CGNError, match="unknown dataset 'mnist-x'"):
         V.load_split("mnist-x", "train")
