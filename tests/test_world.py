@@ -107,6 +107,12 @@ def test_64px_world_has_smooth_masks_and_exact_images(tmp_path):
     assert soft.mean() > 0.02                       # a soft edge ...
     assert (d["masks"] == 255).mean() > 0.08        # ... around a solid object
     assert 0.1 < m["mean_object_area"] < 0.25
+    # --decorrelate: a share of training images gets random texture and background classes
+    build_world(WorldSpec(n_train=200, n_test=30, decorrelate=0.5), tmp_path / "dec")
+    tr = _arrays(tmp_path / "dec", "train")
+    assert np.array_equal(tr["images"], _rerender(tr, 32))
+    for key in ("fg_class", "bg_class"):
+        assert 0.3 < np.mean(tr[key] != tr["labels"]) < 0.6
 
 
 # --- a world from the user's own npz --------------------------------------------------------

@@ -45,7 +45,7 @@ from cgn import __version__
 from cgn.errors import CGNError
 from cgn.imagenet.world_data import FORMAT, MANIFEST, VERSION
 from cgn.imagenet.world_ops import draw_class, partner
-from cgn.io import file_digest, save_npz_atomic, write_json_atomic
+from cgn.io import atomic_write, file_digest, write_json_atomic
 from cgn.mnist import variants
 # the variant's own painter and texture crops: the world's train split is the variant's
 from cgn.mnist.variants import _crop_offsets, _crops, _paint
@@ -227,13 +227,14 @@ def build_world(spec: WorldSpec, out: str | os.PathLike, *, image_folders: bool 
     _prepare_out(out)
     entries: dict[str, dict] = {}
     size = classes = None
+    t0 = time.perf_counter()
     for name, arrays in splits:
-        t0 = time.perf_counter()
         size, n = arrays["images"].shape[1], len(arrays["labels"])
         classes = source.get("num_classes", K)
         meta = {"world": source.get("variant", "npz"), "split": name, "seed": spec.seed, "n": n,
                 "size": size, "about": ABOUT[name], "cgn_version": __version__}
-        save_npz_atomic(out / f"{name}.npz", **arrays, meta=np.array(json.dumps(meta)))
+        with atomic_write(out / f"{name}.npz") as f:  # streamed: no in-memory copy of the archive
+            np.savez(f, **arrays, meta=np.array(json.dumps(meta)))
         area = float(arrays["masks"].mean(dtype=np.float64) / 255.0)
         entries[name] = {"file": f"{name}.npz", "n": n, "sha256": file_digest(out / f"{name}.npz"),
                          "mean_object_area": round(area, 6), "about": ABOUT[name]}
@@ -242,6 +243,7 @@ def build_world(spec: WorldSpec, out: str | os.PathLike, *, image_folders: bool 
         log(f"{name}: {n} images, {size}x{size}, mean object area {area:.4f} "
             f"({time.perf_counter() - t0:.1f} s)")
         del arrays
+        t0 = time.perf_counter()
     entries["original"] = dict(entries["test"], alias_of="test", about="IN-9 Original: the test split")
     manifest = {
         "format": FORMAT, "version": VERSION, "world": spec.world if spec.world in WORLDS else "npz",
