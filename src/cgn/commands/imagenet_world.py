@@ -23,7 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                     "class, masks) and world.json.")
     b.add_argument("--world", default=WORLDS[0], metavar="NAME|TRAIN.npz",
                    help=f"{', '.join(WORLDS)} (default), or your own train .npz in the "
-                        "`cgn data build` contract plus masks (then also --test)")
+                        "cgn data build contract plus masks (then also --test)")
     b.add_argument("--test", metavar="TEST.npz", help="your own world's test .npz (same contract)")
     b.add_argument("--size", type=int, choices=SIZES,
                    help="wildlife-mnist image size (default 32); an npz world keeps its size")

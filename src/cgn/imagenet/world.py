@@ -125,8 +125,12 @@ def digit_masks(digits: np.ndarray, size: int) -> np.ndarray:
 
 
 def _paint_split(tex, size, masks, fg, fg_off, bg, bg_off, **index) -> dict:
-    images = _paint(masks.astype(np.float32) / 255.0, _crops(tex.objects, fg, fg_off, size),
-                    _crops(tex.backgrounds, bg, bg_off, size))
+    images = np.empty(masks.shape + (3,), dtype=np.uint8)
+    block = max(1, variants.CHUNK * variants.SIZE ** 2 // size ** 2)  # the variant's chunk in pixels
+    for a in range(0, len(masks), block):
+        s = slice(a, a + block)
+        images[s] = _paint(masks[s].astype(np.float32) / 255.0, _crops(tex.objects, fg[s], fg_off[s], size),
+                           _crops(tex.backgrounds, bg[s], bg_off[s], size))
     n = len(masks)
     out = {"images": images, "labels": index.pop("labels"), "fg_class": fg, "bg_class": bg,
            "masks": masks, "fg_offset": fg_off, "bg_offset": bg_off}
@@ -225,6 +229,8 @@ def build_world(spec: WorldSpec, out: str | os.PathLike, *, image_folders: bool 
         from cgn.imagenet.world_npz import npz_splits
         source, splits = npz_splits(spec)
     _prepare_out(out)
+    if not image_folders:
+        shutil.rmtree(out / "folders", ignore_errors=True)  # a rebuilt world keeps no stale folders
     entries: dict[str, dict] = {}
     size = classes = None
     t0 = time.perf_counter()
