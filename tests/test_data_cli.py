@@ -53,3 +53,18 @@ def test_help_for_every_data_action(capsys):
             main(["data", action, "--help"])
         assert e.value.code == 0
     assert "--textures" in capsys.readouterr().out
+
+
+def test_build_stores_masks_and_older_files_without_masks_still_load(tmp_path):
+    require_mnist()
+    from cgn.commands.classify import _load_images
+    from cgn.mnist import variants
+    out = tmp_path / "wl_test.npz"
+    assert main(["data", "build", "wildlife-mnist", "--split", "test", "--out", str(out)]) == 0
+    with np.load(out, allow_pickle=False) as z:
+        masks, images = z["masks"], z["images"]
+        old = {k: z[k] for k in z.files if k != "masks"}
+    assert masks.shape == (10000, 32, 32) and masks.dtype == np.uint8
+    assert np.array_equal(masks, variants.load_split("wildlife-mnist", "test")["masks"])
+    np.savez(tmp_path / "old.npz", **old)  # a file written before masks existed
+    assert np.array_equal(_load_images(str(tmp_path / "old.npz"))["images"], images)

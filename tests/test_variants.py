@@ -128,6 +128,17 @@ def test_wildlife_textures_named_and_cropped(shared_data):
         assert np.isin(colours[~mask[i]], bg_sets[d["bg_class"][i]]).all()
 
 
+def test_world_train_split_is_the_variant_plus_masks(tmp_path):
+    # the wildlife train split is built (and cached) by the tests above
+    from cgn.imagenet.world import WorldSpec, build_world
+    from cgn.imagenet.world_data import load_split_arrays
+    build_world(WorldSpec(n_train=300, n_test=50), tmp_path)
+    world = load_split_arrays(tmp_path, "train")[0]
+    ref = V.load_split("wildlife-mnist", "train")
+    for key in ("images", "labels", "fg_class", "bg_class", "masks"):
+        assert np.array_equal(world[key], ref[key][:300]), key
+
+
 def test_bad_inputs():
     with pytest.raises(CGNError, match="unknown dataset 'mnist-x'"):
         V.load_split("mnist-x", "train")
@@ -140,3 +151,17 @@ def test_bad_inputs():
 def test_to_tensor_range():
     x = V.to_tensor(np.array([[[[0, 255, 128]]]], dtype=np.uint8))
     assert x.shape == (1, 3, 1, 1) and x[0, 0, 0, 0] == -1 and x[0, 1, 0, 0] == 1
+
+
+def test_masks_are_the_alpha_each_variant_painted_with():
+    from cgn.mnist.source import load_mnist
+    digits = V.upscale_digits(load_mnist().train_images[50000:50300])
+    binary = np.where(digits > V.BINARIZE_THRESHOLD * 255, 255, 0).astype(np.uint8)
+    col = V.load_split("colored-mnist", "test")
+    assert col["masks"].dtype == np.uint8 and col["masks"].shape == (10000, 32, 32)
+    # colored: the grey level is the alpha of the colour over black
+    assert np.array_equal(col["masks"], V.upscale_digits(load_mnist().test_images))
+    assert (col["images"][col["masks"] == 0] == 0).all()
+    for variant in ("double-colored-mnist", "wildlife-mnist"):
+        d = V.load_split(variant, "test")
+        assert np.array_equal(d["masks"][:300], binary)

@@ -38,9 +38,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     prep.add_argument("--mnist-dir", default=None, metavar="DIR", help=MNIST_DIR_HELP)
     prep.set_defaults(func=_prepare)
 
-    b = dsub.add_parser("build", help="write one split as .npz (images, labels, fg_class, bg_class, meta)",
+    b = dsub.add_parser("build", help="write one split as .npz (images, labels, fg_class, bg_class, "
+                                      "masks, meta)",
                         description="Write one split of a variant as an .npz with uint8 images "
-                                    "[N,32,32,3] and int64 labels, fg_class, bg_class (-1: none).")
+                                    "[N,32,32,3], int64 labels, fg_class, bg_class (-1: none) and "
+                                    "the uint8 object masks [N,32,32] (255 = object).")
     _common(b)
     b.add_argument("--split", required=True, choices=variants.SPLITS, help="the split to write")
     b.add_argument("--out", required=True, metavar="FILE.npz", help="output .npz")
@@ -72,7 +74,7 @@ def _build(args) -> int:
     t0 = time.perf_counter()
     d = _load(args, args.split)
     save_npz_atomic(args.out, images=d["images"], labels=d["labels"], fg_class=d["fg_class"],
-                    bg_class=d["bg_class"], meta=variants.meta_json(d["meta"]))
+                    bg_class=d["bg_class"], masks=d["masks"], meta=variants.meta_json(d["meta"]))
     m = d["meta"]
     print(f"{args.out}: {m['variant']} {m['split']} n={m['n']} seed={m['seed']} "
           f"mnist={m['mnist_images']} textures={m['texture_set'] or 'none'} "

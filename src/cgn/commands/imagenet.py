@@ -9,7 +9,8 @@ from __future__ import annotations
 import argparse
 import importlib
 
-SUBMODULES = ["cgn.commands.imagenet_cgn", "cgn.commands.imagenet_classifier", "cgn.commands.imagenet_pretrain"]
+SUBMODULES = ["cgn.commands.imagenet_cgn", "cgn.commands.imagenet_classifier", "cgn.commands.imagenet_world",
+              "cgn.commands.imagenet_pretrain"]
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -9,6 +9,8 @@ Arrays (the export contract of ``cgn data build``):
   labels   int64 [N]  the digit
   fg_class int64 [N]  the class whose colour / texture painted the digit
   bg_class int64 [N]  the class whose colour / texture painted the background, -1 if none
+  masks    uint8 [N, 32, 32]  the ground-truth object mask: the alpha the digit was painted
+                             with (255 = object); files written before masks existed lack it
 
 Reference: docs/reference.md#mnist-variants.
 """
@@ -94,6 +96,12 @@ def _source_digits(spec: SplitSpec, mnist: Mnist) -> tuple[np.ndarray, np.ndarra
     return mnist.train_images[50000:], mnist.train_labels[50000:], "official train [50000:60000]"
 
 
+def binary_mask(digits: np.ndarray) -> np.ndarray:
+    """uint8 digits -> the binarised digit as a uint8 mask (255 = object), the double-colored and
+    wildlife alpha."""
+    return np.where(digits > BINARIZE_THRESHOLD * 255, np.uint8(255), np.uint8(0))
+
+
 def _rng(spec: SplitSpec) -> np.random.Generator:
     return np.random.default_rng([spec.seed, VARIANTS.index(spec.variant), SPLITS.index(spec.split)])
 
@@ -112,9 +120,9 @@ def _to_uint8(x: torch.Tensor) -> np.ndarray:
 
 
 def _paint(alpha: np.ndarray, fg, bg) -> np.ndarray:
-    """Compose chunk by chunk. ``alpha``: [N, 32, 32] in [0, 1]; ``fg`` / ``bg``: callables
-    mapping a slice to float [n, 3, 32, 32] images in [0, 1]. Returns uint8 [N, 32, 32, 3]."""
-    out = np.empty((len(alpha), SIZE, SIZE, 3), dtype=np.uint8)
+    """Compose chunk by chunk. ``alpha``: [N, S, S] in [0, 1]; ``fg`` / ``bg``: callables
+    mapping a slice to float [n, 3, S, S] images in [0, 1]. Returns uint8 [N, S, S, 3]."""
+    out = np.empty(alpha.shape + (3,), dtype=np.uint8)
     for a in range(0, len(alpha), CHUNK):
         sl = slice(a, a + CHUNK)
         m = torch.from_numpy(alpha[sl]).float()[:, None]
@@ -133,7 +141,7 @@ def _build_colored(digits, labels, train, rng) -> dict:
     colour = COLORED_PALETTE[fg] + rng.normal(0.0, math.sqrt(COLORED_VARIANCE), size=(len(fg), 3))
     # The digit's grey level is its alpha: strokes in the jittered class colour on black.
     images = _paint(digits.astype(np.float32) / 255.0, _flat(colour), _flat(np.zeros((len(fg), 3))))
-    return {"images": images, "fg_class": fg, "bg_class": np.full_like(fg, -1)}
+    return {"images": images, "fg_class": fg, "bg_class": np.full_like(fg, -1), "masks": digits.copy()}
 
 
 def _build_double(digits, labels, train, rng) -> dict:
@@ -144,19 +152,19 @@ def _build_double(digits, labels, train, rng) -> dict:
     bg_col = bg_table[bg] + rng.normal(0.0, DOUBLE_NOISE_STD, size=(n, 3))
     fg_col = obj_table[fg] + rng.normal(0.0, DOUBLE_NOISE_STD, size=(n, 3))
     images = _paint(digits > BINARIZE_THRESHOLD * 255, _flat(fg_col), _flat(bg_col))
-    return {"images": images, "fg_class": fg, "bg_class": bg}
+    return {"images": images, "fg_class": fg, "bg_class": bg, "masks": binary_mask(digits)}
 
 
-def _crop_offsets(n: int, rng: np.random.Generator) -> np.ndarray:
-    span = TEXTURE_SIZE + 2 * TEXTURE_PAD - SIZE + 1
+def _crop_offsets(n: int, rng: np.random.Generator, size: int = SIZE) -> np.ndarray:
+    span = TEXTURE_SIZE + 2 * TEXTURE_PAD - size + 1
     return rng.integers(0, span, size=(n, 2))
 
 
-def _crops(textures: np.ndarray, cls: np.ndarray, offsets: np.ndarray):
-    """Slice-to-image callable: random SIZE x SIZE crops of each item's (reflect-padded) texture."""
+def _crops(textures: np.ndarray, cls: np.ndarray, offsets: np.ndarray, size: int = SIZE):
+    """Slice-to-image callable: random size x size crops of each item's (reflect-padded) texture."""
     p = TEXTURE_PAD
     padded = np.pad(textures, ((0, 0), (p, p), (p, p), (0, 0)), mode="reflect")
-    ar = np.arange(SIZE)
+    ar = np.arange(size)
 
     def get(sl):
         c, o = cls[sl], offsets[sl]
@@ -171,7 +179,7 @@ def _build_wildlife(digits, labels, train, rng, tex: TextureSet) -> dict:
     fg_off, bg_off = _crop_offsets(len(fg), rng), _crop_offsets(len(bg), rng)
     images = _paint(digits > BINARIZE_THRESHOLD * 255, _crops(tex.objects, fg, fg_off),
                     _crops(tex.backgrounds, bg, bg_off))
-    return {"images": images, "fg_class": fg, "bg_class": bg}
+    return {"images": images, "fg_class": fg, "bg_class": bg, "masks": binary_mask(digits)}
 
 
 @functools.lru_cache(maxsize=8)
