@@ -156,8 +156,9 @@ def resolve_vgg16(source: str = "auto", *, weights: str | os.PathLike | None = N
     ``random`` comes only from ``source="random"``, never as a fallback."""
     if weights is not None:
         if source in ("hed", "random"):
-            raise CGNError(f"the VGG16 weight file {weights} holds ImageNet features, not "
-                           f"feature extractor {source!r}; drop the file or choose imagenet")
+            raise CGNError(f"a VGG16 weight file ({weights}) was given with feature extractor "
+                           f"{source!r}, which does not read it; drop the file, or choose "
+                           "imagenet to use it")
         return "imagenet", Path(weights)
     if source not in SOURCES:
         p = Path(source).expanduser()
