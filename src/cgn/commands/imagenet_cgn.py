@@ -117,6 +117,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _train(args: argparse.Namespace) -> int:
     from cgn.config import override
     from cgn.core.distributed import is_main_process
+    from cgn.core.perceptual import resolve_vgg16
     from cgn.imagenet.config import ImageNetCGNConfig
     from cgn.imagenet.train import train
     from cgn.imagenet.weights import resolve_weight
@@ -147,15 +148,20 @@ def _train(args: argparse.Namespace) -> int:
     # asked for (--random-init, the tiny preset) or when --cgn provides every weight.
     explicit_only = args.random_init or tiny
     need = not (explicit_only or weights["cgn"])
+    # the downloaded VGG16 file only where the style features are ImageNet's (hed/random: not)
+    features = cliargs.apply(cfg, args, values).loss.feature_extractor
     for kind in ("biggan", "u2net", "vgg16"):
         given = weights[kind]
-        if explicit_only and not given:
+        if not given and (explicit_only or kind == "vgg16" and features not in ("auto", "imagenet")):
             continue
         v = resolve_weight(given, kind, required=need and kind != "vgg16",
                            directory=args.weights_dir)
         if v:
             sets[WEIGHT_FIELDS[kind]] = v
     cfg = cliargs.apply(cfg, args, {**sets, **values})
+    # the style features must be there before the run directory is made
+    resolve_vgg16(cfg.loss.feature_extractor, weights=cfg.loss.vgg16 or None,
+                  allow_download=cfg.loss.allow_download)
     records = train(cfg, args.out, resume=args.resume, device=args.device, quiet=args.quiet)
     if records and is_main_process():
         print(json.dumps(records[-1]))

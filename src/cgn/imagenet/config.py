@@ -80,7 +80,8 @@ class LossConfig:
     text_top: int = field(default=100, metadata={"help": "patches drawn from the top-k by mask"})
     text_grid: int = field(default=6, metadata={"help": "the patch grid is text_grid x text_grid"})
     feature_extractor: str = field(default="auto", metadata={
-        "help": "VGG16 features: auto | imagenet | hed | random | path to a torchvision file"})
+        "help": "VGG16 features: imagenet (torchvision's) | hed | random | auto (imagenet, else "
+                "hed) | path to a torchvision file"})
     vgg16: str = field(default="", metadata={"help": "explicit torchvision VGG16 weight file"})
     allow_download: bool = field(default=False, metadata={
         "help": "let the feature extractor download torchvision VGG16 weights"})
@@ -157,7 +158,9 @@ PRESETS: dict[str, Preset] = {p.name: p for p in [
            "--u2net WEIGHTS/u2net.pth --vgg16 WEIGHTS/vgg16-397923af.pth --out runs/in_cgn",
            "the paper, Table 2 (the authors' cgn.pth): Inception Score 130.2 (BigGAN 202.9) and "
            "mu_mask about 0.3, measured with cgn imagenet metrics on 2,000 random counterfactuals "
-           "(10 splits)"),
+           "(10 splits)",
+           # the paper's style features: torchvision's ImageNet VGG16, never a stand-in
+           overrides={"loss.feature_extractor": "imagenet"}),
     Preset("tiny", ImageNetCGNConfig, "imagenet train",
            "cgn imagenet train --preset tiny --out runs/in_cgn_tiny",
            "nothing: the CPU smoke test of the whole pipeline",

@@ -49,7 +49,8 @@ class LossConfig:
     style_weights: list[float] = field(default_factory=lambda: [0.0, 0.05, 0.0, 0.05], metadata={
         "help": "w_i of the Gram style loss at relu1_2, relu2_2, relu3_3, relu4_3 (loss w_i^2*5000*L1)"})
     feature_extractor: str = field(default="auto", metadata={
-        "help": "VGG16 weights for the style loss: auto | imagenet | hed | random | path to a file"})
+        "help": "VGG16 weights for the style loss: auto (imagenet, else hed) | imagenet | hed | "
+                "random | path to a torchvision file; the recipe pins hed"})
     vgg_weights: str | None = field(default=None, metadata={"help": "explicit torchvision VGG16 file"})
     vgg_seed: int = field(default=0, metadata={"help": "seed of the random-feature VGG16"})
     allow_download: bool = field(default=False, metadata={
@@ -147,8 +148,10 @@ def _preset(name: str, mask: float, style: list[float], disc: str, init: str, ga
                   overrides, recipe, recipe_reproduces)
 
 
-# The recipe: see docs/mnist_cgn.md ("Recipe") for the measurements that chose it.
-_RECIPE_COMMON = {"loss.precision": "auto", "loss.border_weight": 1.0}
+# The recipe: see docs/mnist_cgn.md ("Recipe") for the measurements that chose it. It pins the
+# style features it was measured with (HED's VGG16): a machine that also has torchvision's VGG16
+# file still trains the same recipe.
+_RECIPE_COMMON = {"loss.precision": "auto", "loss.border_weight": 1.0, "loss.feature_extractor": "hed"}
 
 PRESETS: dict[str, Preset] = {p.name: p for p in [
     _preset("colored-mnist", 0.1, [0.05, 0.1, 0.01, 0.0], "linear", "orthogonal", 0.1, 512,

@@ -161,6 +161,21 @@ class Reproduction:
             self.run.log("resumed with " + ", ".join(f"{k} {stored.get(k, [])} -> {new[k]}" for k in changed))
         self.rows: list[dict] = []
 
+    def check_style_features(self) -> None:
+        """Each CGN still to train finds the style features its recipe pins (a dry resolution,
+        no weights read); else the one-line error before any work, not after the first
+        classifiers."""
+        from cgn.core.perceptual import resolve_vgg16
+        from cgn.presets import preset
+        kinds = ["trained"] if self.cfg.cgn == "trained" else []
+        kinds += ["trained+ssim"] if self.cfg.ssim_weight is not None else []
+        for dataset in self.cfg.datasets:
+            for kind in kinds:
+                if kind == "trained" and dataset in self.cfg.cgn_runs:
+                    continue
+                if results_path(self.out / dataset / kind / "cgn") is None:
+                    resolve_vgg16(preset(dataset, "train-cgn", recipe=True).loss.feature_extractor)
+
     def textures(self, dataset: str) -> str | None:
         """The texture folder the variant is built with (Wildlife MNIST only)."""
         return self.cfg.textures if dataset == "wildlife-mnist" else None
@@ -283,6 +298,7 @@ class Reproduction:
         return rows
 
     def run_all(self) -> list[dict]:
+        self.check_style_features()
         workers = min(self.cfg.jobs, len(self.cfg.datasets))
         if workers <= 1:
             for dataset in self.cfg.datasets:
