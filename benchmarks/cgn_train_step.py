@@ -10,7 +10,11 @@ Modes (same losses, same weights, same optimiser in all of them):
                  DataLoader (one image converted at a time);
   ours-fp32      cgn's loop: only the stages with nonzero weight, VGG stopped at the deepest one,
                  D frozen in the generator step, the training set one in-memory uint8 tensor;
-  ours-bf16      as ours-fp32 with the VGG forward under bfloat16 autocast (the recipe).
+  ours-bf16      as ours-fp32 with the VGG forward under bfloat16 autocast;
+  ours-auto      as ours-fp32 at ``--precision auto`` (what this machine gets by default);
+  floor          not a step: only the style loss's VGG passes of one, at the default (auto)
+                 precision -- the real batch's forward without gradients and the generated
+                 batch's forward + backward to the input. No step of the preset can be faster.
 
 Prints the median wall seconds per step (after warm-up), the process CPU seconds per step divided
 by the thread count (an estimate of the wall time on an otherwise idle machine, useful when the
@@ -32,6 +36,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -41,6 +46,10 @@ from cgn.config import override  # noqa: E402
 from cgn.core.losses import StyleLoss  # noqa: E402
 from cgn.presets import preset as preset_config  # noqa: E402
 from cgn.mnist.train import Trainer  # noqa: E402
+from timing import interleaved  # noqa: E402
+
+MODES = ("original-like", "ours-auto", "ours-fp32", "ours-bf16", "floor")
+PRECISION = {"ours-auto": "auto", "ours-bf16": "bf16", "floor": "auto"}  # the others: fp32
 
 ORIGINAL_SEC_PER_STEP = {"colored-mnist": 0.32, "double-colored-mnist": 0.32, "wildlife-mnist": 0.48}
 IMAGES = {"colored-mnist": 60000, "double-colored-mnist": 50000, "wildlife-mnist": 50000}
@@ -96,7 +105,9 @@ class PerItemData:
 
 def make_trainer(preset: str, mode: str, root: Path, feature_extractor: str) -> Trainer:
     cfg = preset_config(preset)
-    cfg = override(cfg, {"loss.feature_extractor": feature_extractor, "loss.precision": "bf16" if mode == "ours-bf16" else "fp32",
+    if mode not in MODES:
+        raise SystemExit(f"unknown mode {mode!r}; choose from {', '.join(MODES)}")
+    cfg = override(cfg, {"loss.feature_extractor": feature_extractor, "loss.precision": PRECISION.get(mode, "fp32"),
                          "train.limit_train": 4096})
     tr = Trainer(cfg, root / f"{preset}-{mode}")
     if mode == "original-like":
@@ -109,6 +120,48 @@ def make_trainer(preset: str, mode: str, root: Path, feature_extractor: str) -> 
             net.to(memory_format=torch.contiguous_format)
             setattr(tr, name, torch.optim.Adam(net.parameters(), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas)))
     return tr
+
+
+class VGGPasses:
+    """The floor of a step: the style loss's VGG passes alone, on a real batch and a batch the
+    generator made (their layouts as in the step), with the loss's own feature network (its
+    precision, its depth). A call runs the real batch's forward without gradients, then the
+    generated batch's forward and the backward to the input from every active stage."""
+
+    def __init__(self, tr: Trainer):
+        self.style = tr.style
+        self.real, _ = tr.data.batch(tr._batch_indices(0), tr.device)
+        with torch.no_grad():
+            self.generated = tr.G(**tr.G.sample_inputs(tr.cfg.train.batch_size, tr.data_gen, tr.device)).composite
+        self.grads: list[torch.Tensor] | None = None
+
+    def __call__(self) -> None:
+        style = self.style
+        with torch.no_grad():
+            style._features(self.real)
+        x = self.generated.detach().requires_grad_()
+        feats = [f for i, f in enumerate(style._features(x)) if i in style.active]
+        if self.grads is None:
+            self.grads = [torch.ones_like(f) for f in feats]
+        torch.autograd.grad(feats, x, self.grads)
+
+
+def step_fn(tr: Trainer, mode: str) -> Callable[[], None]:
+    """One timed call of ``mode``: a training step (the step counter advanced), or the floor."""
+    if mode == "floor":
+        return VGGPasses(tr)
+
+    def step() -> None:
+        tr.train_step()
+        tr.step += 1
+    return step
+
+
+def time_modes(trainers: dict[str, Trainer], steps: int, rounds: int, warmup: int = 5) -> dict:
+    """Wall and CPU seconds per step of each mode: ``warmup`` untimed steps each, then ``rounds``
+    interleaved rounds of ``steps // rounds`` steps per mode."""
+    fns = {m: step_fn(tr, m) for m, tr in trainers.items()}
+    return interleaved(fns, rounds, calls=max(1, steps // rounds), warmup=warmup)
 
 
 def time_style(tr: Trainer, n: int) -> float:
@@ -148,7 +201,7 @@ def bf16_fidelity(tr: Trainer, n: int = 4) -> tuple[float, float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--presets", nargs="+", default=list(IMAGES))
-    ap.add_argument("--modes", nargs="+", default=["original-like", "ours-fp32", "ours-bf16"])
+    ap.add_argument("--modes", nargs="+", default=["original-like", "ours-fp32", "ours-bf16"], choices=MODES)
     ap.add_argument("--steps", type=int, default=30, help="timed steps per mode (after 5 warm-up steps)")
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds (each --steps/rounds steps)")
     ap.add_argument("--threads", type=int, default=0)
@@ -162,21 +215,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for preset in args.presets:
             trainers = {m: make_trainer(preset, m, Path(tmp), args.feature_extractor) for m in args.modes}
-            times: dict[str, list[float]] = {m: [] for m in args.modes}
-            cpu: dict[str, list[float]] = {m: [] for m in args.modes}
-            for tr in trainers.values():
-                for _ in range(5):
-                    tr.train_step()
-                    tr.step += 1
-            per_round = max(1, args.steps // args.rounds)
-            for _ in range(args.rounds):
-                for m, tr in trainers.items():
-                    for _ in range(per_round):
-                        t0, c0 = time.perf_counter(), time.process_time()
-                        tr.train_step()
-                        times[m].append(time.perf_counter() - t0)
-                        cpu[m].append(time.process_time() - c0)
-                        tr.step += 1
+            timed = time_modes(trainers, args.steps, args.rounds)
+            times = {m: t["wall"] for m, t in timed.items()}
+            cpu = {m: t["cpu"] for m, t in timed.items()}
             recipe = preset_config(preset, recipe=True).train.max_steps
             full = 15 * IMAGES[preset] // 16
             print(f"\n{preset}  (original code: {ORIGINAL_SEC_PER_STEP[preset]:.2f} s/step; "
@@ -184,6 +225,9 @@ def main() -> None:
             base = statistics.median(times[args.modes[0]])
             for m, tr in trainers.items():
                 med = statistics.median(times[m])
+                if m == "floor":
+                    print(f"  {m:14s} {med:.3f} s (the style loss's VGG passes alone, {tr.precision.name})")
+                    continue
                 style = time_style(tr, 10)
                 extra = ""
                 if m == "ours-bf16":
