@@ -14,7 +14,7 @@ Modes (same losses, same weights, same optimiser in all of them):
   ours-auto      as ours-fp32 at ``--precision auto`` (what this machine gets by default);
   floor          not a step: only the style loss's VGG passes of one, at the default (auto)
                  precision -- the real batch's forward without gradients and the generated
-                 batch's forward + backward to the input. No step of the preset can be faster.
+                 batch's forward + backward to the input. A step with this style loss cannot take less.
 
 Prints the median wall seconds per step (after warm-up), the process CPU seconds per step divided
 by the thread count (an estimate of the wall time on an otherwise idle machine, useful when the
