@@ -162,12 +162,12 @@ def reported(level: str) -> dict:
 
 # ---- the stages (run inside a level's subprocess) ----------------------------------------------
 
-def _summary(times: dict, threads: int, work: float = 1.0) -> dict:
-    """Medians per column: seconds per call (``work`` = 1) or work per second, and the same from
-    the process CPU time divided by the threads (an idle-machine estimate)."""
+def _summary(times: dict, threads: int, work: float | None = None) -> dict:
+    """Medians per column: seconds per call (no ``work``) or ``work`` per second, and the same
+    from the process CPU time divided by the threads (an idle-machine estimate)."""
     wall = {c: statistics.median(t["wall"]) for c, t in times.items()}
-    cpu = {c: statistics.median(t["cpu"]) / threads for c, t in times.items()}
-    if work == 1.0:
+    cpu = {c: max(statistics.median(t["cpu"]) / threads, 1e-9) for c, t in times.items()}
+    if work is None:
         return {"values": wall, "cpu_estimate": cpu}
     return {"values": {c: work / s for c, s in wall.items()}, "cpu_estimate": {c: work / s for c, s in cpu.items()}}
 
