@@ -41,7 +41,7 @@ from cgn.errors import CGNError
 from cgn.imagenet.world_data import read_manifest
 from cgn.imagenet.world_judges import JUDGES, build_judge, save_judge
 from cgn.imagenet.world_judges_config import JudgesConfig
-from cgn.imagenet.world_judges_data import JudgeSet, judge_set, stacked
+from cgn.imagenet.world_judges_data import JudgeSet, judge_set, stacked, texture_set
 from cgn.io import read_json, write_json_atomic
 
 KIND = "world-judge"
@@ -83,6 +83,8 @@ def train_judges(cfg: JudgesConfig, out: str | os.PathLike, *, resume: bool = Fa
         raise CGNError("--world DIR is required: the world folder the judges learn to read")
     out = Path(out)
     manifest = read_manifest(cfg.world)  # a missing or damaged world fails before anything is written
+    if manifest.get("world") != "npz":
+        texture_set(manifest, cfg.textures or None)  # so does a wrong texture folder
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     dist = DistInfo(device=resolve_device(cfg.device))
