@@ -91,6 +91,8 @@ def test_judges_learn_above_chance_and_resume(run, world, capsys):
         assert (run / f"{j}.pt").stat().st_size < 200_000
         assert res["judges"][j]["epochs"] == 2 and res["judges"][j]["n"] == 200
     assert load_judge(run / "shape_judge.pt").arch["in_channels"] == 1
+    cues = res["judges"]["world_classifier"]["cue_conflict"]  # the three classes differ
+    assert set(cues) == {"shape", "texture", "background"} and sum(cues.values()) <= 1 + 1e-9
     with pytest.raises(CGNError, match="holds the shape_judge, not the world_classifier"):
         load_judge(run / "shape_judge.pt", "world_classifier")
     with pytest.raises(CGNError, match="not a world judge file"):

@@ -14,6 +14,8 @@ split. Run directory::
     RUN/<judge>.pt                   its weights (cgn.imagenet.world_judges file format)
     RUN/results.json                 {"accuracy": {judge: held-out fraction}, "judges": {...}, ...}
 
+The world classifier's results also say which cue it follows (``cue_conflict``: the shares of
+the cue-conflict images it labels with their shape, texture and background class).
 ``--resume`` skips judges whose run finished with the configured number of epochs and continues
 the others from their last checkpoint.
 """
@@ -143,5 +145,22 @@ def _train_one(cfg: JudgesConfig, judge: str, out: Path, world: dict, size: int,
            "epochs": trainer.epoch, "steps": fit["step"], "width": cfg.width,
            "parameters": sum(p.numel() for p in model.parameters()),
            "train_seconds": round(seconds(), 1)}
+    if judge == "world_classifier":
+        res["cue_conflict"] = cue_reading(model, cfg.world, cfg.eval_batch_size, dist, cfg.limit_test)
     write_results(sub, res)
     return res
+
+
+@torch.no_grad()
+def cue_reading(model: nn.Module, world, batch_size: int, dist: DistInfo, limit: int = 0) -> dict:
+    """Which cue the world classifier follows: the shares of the cue-conflict images it labels
+    with their shape, texture and background class (the three classes differ)."""
+    from cgn.imagenet.world_data import load_split_arrays
+    data = judge_set(world, "cue_conflict", "world_classifier", limit=limit)
+    arrays = load_split_arrays(world, "cue_conflict")[0]
+    model.eval()
+    pred = torch.cat([model(data.__getitems__(range(a, min(a + batch_size, len(data))))[0]
+                            .to(dist.device)).argmax(1).cpu() for a in range(0, len(data), batch_size)])
+    n = len(pred)
+    return {cue: float((pred == torch.from_numpy(arrays[key][:n])).double().mean())
+            for cue, key in (("shape", "labels"), ("texture", "fg_class"), ("background", "bg_class"))}
