@@ -24,6 +24,7 @@ IMAGENET_METRICS = {"inception_score", "mu_mask", "imagenet_topk", "cf_head_accu
                     # the world's (cgn.imagenet.world_metrics, cgn.imagenet.world_eval)
                     "mechanism_shape_accuracy", "mechanism_texture_accuracy",
                     "mechanism_background_accuracy", "background_saliency", "gan_class_accuracy",
+                    "gan_shape_accuracy",
                     "world_top1", "world_shape_bias", "world_in9"}
 
 

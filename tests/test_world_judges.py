@@ -164,6 +164,9 @@ def test_evaluate_classifier_on_a_world(world, tmp_path, capsys):
     assert main([*base, "--metrics", "shape_bias"]) == 2
     err = capsys.readouterr().err.strip()
     assert "unknown metric(s) 'shape_bias'; choose from world_top1" in err and "\n" not in err
+    assert main([*base, "--in9", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--world evaluates on the world's own splits; drop --in9" in err and "\n" not in err
 
 
 def test_bad_input_is_one_line(world, tmp_path, capsys):

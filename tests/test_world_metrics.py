@@ -56,6 +56,11 @@ def test_mechanism_metrics_are_the_judges_hit_rates():
     gan = {"world_classifier": Oracle(), "gan_images": _written([3, 3, 4, 5], 3, -1.0),
            "gan_labels": [3, 3, 3, 3]}
     assert calc_metric("gan_class_accuracy", **gan) == 0.5
+
+    class Identity(nn.Module):  # "saliency" = the first channel, which carries the class here
+        def forward(self, x):
+            return x[:, :1]
+    assert calc_metric("gan_shape_accuracy", u2net=Identity(), shape_judge=Oracle(), **gan) == 0.5
     for bad, msg in (({"masks": torch.zeros(3, 3, 8, 8)}, r"masks must be a non-empty \[N, 1, S, S\]"),
                      ({"masks": _written(decided, 1, lo=-1.0)}, r"masks must be floats in \[0, 1\]"),
                      ({"shape_labels": truth[:4]}, "10 inputs but 4 labels"),

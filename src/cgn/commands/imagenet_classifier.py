@@ -175,6 +175,10 @@ def _evaluate(args: argparse.Namespace) -> int:
         cfg = override(ClassifierTrainConfig(), {"model.arch": args.plain})
     cfg = override(cfg, ov)
     which = [m.strip() for m in args.metrics.split(",") if m.strip()] if args.metrics else None
+    other = sorted(set(_given(args)) & {"data.val_dir", "data.cf_dir", "eval.cue_conflict_dir", "eval.in9_dir"})
+    if args.world and other:
+        raise CGNError(f"--world evaluates on the world's own splits; drop "
+                       f"{', '.join(cliargs.flag(k).name for k in other)} (or evaluate them in another run)")
     dist = init_distributed(cfg.device)
     try:
         if args.world:

@@ -33,7 +33,7 @@ from torch import nn
 
 from cgn.config import check_resume, from_dict, to_dict
 from cgn.core.batches import BatchStream
-from cgn.core.classifier_eval import eval_loader, evaluate_accuracy, topk_correct
+from cgn.core.classifier_eval import eval_loader, evaluate_counts, topk_correct
 from cgn.core.classifier_trainer import StepOutput, Trainer
 from cgn.core.device import resolve_device
 from cgn.core.distributed import DistInfo
@@ -57,9 +57,13 @@ def step_loss(model: nn.Module, batch) -> StepOutput:
 
 def held_out_accuracy(model: nn.Module, data: JudgeSet, batch_size: int, dist: DistInfo) -> dict:
     """``{"accuracy": fraction, "n": N}`` of ``model`` on ``data``."""
-    res = evaluate_accuracy(model, eval_loader(data, batch_size, dist, collate_fn=stacked), (1,),
-                            dist=dist, desc="held-out accuracy")
-    return {"accuracy": res["top1"] / 100.0, "n": res["n"]}
+    sums = evaluate_counts(model, eval_loader(data, batch_size, dist, collate_fn=stacked),
+                           lambda m, b: {"hits": topk_correct(m(b[0]), b[1], (1,))[0],
+                                         "n": torch.tensor(len(b[1]))},
+                           dist=dist, desc="held-out accuracy")
+    if not sums.get("n"):
+        raise CGNError("the world's test split gives the judge no images")
+    return {"accuracy": sums["hits"] / sums["n"], "n": int(sums["n"])}
 
 
 def _open_run(cfg: JudgesConfig, out: Path, resume: bool) -> None:

@@ -11,7 +11,10 @@ Registered in :mod:`cgn.core.metrics` (each a fraction in [0, 1]):
 - ``background_saliency``: the mean saliency ``u2net(b)`` over the pixels of the backgrounds
   (low = no object left in the background);
 - ``gan_class_accuracy``: the share of GAN samples ``gan_images`` [N, 3, S, S] in [-1, 1] that
-  the world classifier labels with the class ``gan_labels`` they were drawn for.
+  the world classifier labels with the class ``gan_labels`` they were drawn for;
+- ``gan_shape_accuracy``: the share of GAN samples whose U2-Net mask the shape judge names with
+  that class (a world classifier trained on a fully correlated world may read the background
+  alone; this reads the object's shape).
 
 Judged on counterfactual samples whose three classes all differ (:func:`distinct_classes`), a
 mechanism that leaks another one's class (a background that shows the shape's class, say) is
@@ -116,6 +119,16 @@ def gan_class_accuracy(world_classifier: nn.Module, gan_images: torch.Tensor, ga
                        batch_size: int = 256) -> float:
     return judge_accuracy(world_classifier, _check(gan_images, 3, -1.0, "gan_images"), gan_labels,
                           batch_size, "gan_class_accuracy")
+
+
+@register_metric("gan_shape_accuracy", help="share of GAN samples whose U2-Net mask the shape judge "
+                                            "names with the class they were drawn for (fraction)")
+def gan_shape_accuracy(u2net: nn.Module, shape_judge: nn.Module, gan_images: torch.Tensor,
+                       gan_labels, *, batch_size: int = 256) -> float:
+    """The digit's side of the GAN's class: each sample's saliency mask, read by the shape judge
+    (the world classifier may follow texture or background alone)."""
+    masks = _batched(u2net, _check(gan_images, 3, -1.0, "gan_images"), batch_size).clamp(0, 1)
+    return judge_accuracy(shape_judge, masks, gan_labels, batch_size, "gan_shape_accuracy")
 
 
 # --- drawing the samples ---------------------------------------------------------------------
