@@ -20,7 +20,12 @@ from cgn.io import save_npz_atomic
 
 MNIST_METRICS = {"shape_accuracy", "timeline_shape_accuracy", "mask_statistics", "colour_fidelity"}
 IMAGENET_METRICS = {"inception_score", "mu_mask", "imagenet_topk", "cf_head_accuracy", "shape_bias",
-                    "in9_bg_gap", "mask_iou", "fid"}
+                    "in9_bg_gap", "mask_iou", "fid",
+                    # the world's (cgn.imagenet.world_metrics, cgn.imagenet.world_eval)
+                    "mechanism_shape_accuracy", "mechanism_texture_accuracy",
+                    "mechanism_background_accuracy", "background_saliency", "gan_class_accuracy",
+                    "gan_shape_accuracy",
+                    "world_top1", "world_shape_bias", "world_in9"}
 
 
 class DigitByMass:

@@ -84,6 +84,9 @@ FLAGS: dict[str, Flag] = {path: flag if isinstance(flag, Flag) else Flag(flag) f
     # the U2-Net stand-in (imagenet pretrain u2net)
     "data.train": Flag("--data", "FILE"), "data.test": Flag("--test", "FILE"),
     "train.limit_test": Flag("--limit-test", "N"),
+    # the world's judges (imagenet pretrain judges)
+    "world": Flag("--world", "DIR"), "width": "--width", "epoch_images": Flag("--epoch-images", "N"),
+    "limit_train": Flag("--limit-train", "N"), "limit_test": Flag("--limit-test", "N"),
 }.items()}
 
 DEST = "config:"  # namespace attribute of a config option: DEST + field path

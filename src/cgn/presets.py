@@ -25,6 +25,7 @@ PRESET_MODULES = {
     "imagenet train-classifier": ("cgn.imagenet.classifier_config", "ImageNet classifier"),
     "imagenet pretrain u2net": ("cgn.imagenet.u2net_config", "U2-Net stand-in"),
     "imagenet pretrain biggan": ("cgn.imagenet.biggan_pretrain_config", "BigGAN-deep stand-in"),
+    "imagenet pretrain judges": ("cgn.imagenet.world_judges_config", "world judges"),
 }
 
 

@@ -88,20 +88,28 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Inception Score and mu_mask (the mean mask) of a folder of "
                                    "generated images, as in the paper's Table 2, and FID against "
                                    "a folder of real images or its cached statistics.")
-    m.add_argument("--folder", required=True, help="generated images (e.g. DIR/train; masks/ inside)")
+    src = m.add_mutually_exclusive_group(required=True)
+    src.add_argument("--folder", help="generated images (e.g. DIR/train; masks/ inside)")
+    src.add_argument("--world-split", metavar="DIR:SPLIT",
+                     help="instead of a folder, the real images and masks of a world split (e.g. "
+                          "worlds/wl32:test; cgn imagenet world build)")
     m.add_argument("--metrics", nargs="+", choices=["inception_score", "mu_mask", "fid"],
                    help="metrics to compute (default: inception_score and mu_mask, and fid when "
                         "--fid-reference is given)")
-    m.add_argument("--inception", default="tf", choices=["tf", "torchvision"],
+    m.add_argument("--inception", default="tf", choices=["tf", "torchvision", "world"],
                    help="network of IS and FID: tf, the TF Inception graph of the published numbers "
-                        "(torch-fidelity's weights; cgn download inception-tf), or torchvision's "
-                        "Inception-v3 (cgn download inception-v3; other numbers) (default: tf)")
+                        "(torch-fidelity's weights; cgn download inception-tf), torchvision's "
+                        "Inception-v3 (cgn download inception-v3; other numbers), or world: a "
+                        "world's classifier (--classifier RUN/world_classifier.pt of cgn imagenet "
+                        "pretrain judges) (default: tf)")
     m.add_argument("--classifier", default="auto",
                    help="weights of the chosen --inception: auto (its file in $CGN_HOME/weights or "
-                        "the torch hub cache) | random (pipeline checks only) | PATH (default: auto)")
+                        "the torch hub cache) | random (pipeline checks only) | PATH; --inception "
+                        "world: the world classifier's file (default: auto)")
     m.add_argument("--download", action="store_true", help="allow downloading the Inception weights")
     m.add_argument("--fid-reference", metavar="DIR_OR_NPZ",
-                   help="FID reference: a folder of real images, or an .npz of their statistics")
+                   help="FID reference: a folder of real images, an .npz of their statistics, or "
+                        "a world split DIR:SPLIT")
     m.add_argument("--save-reference-stats", metavar="NPZ",
                    help="write the reference statistics (mu, sigma, n, network) to this .npz, to "
                         "pass as --fid-reference next time")
@@ -241,11 +249,16 @@ def _metrics(args: argparse.Namespace) -> int:
     clf = None
     if needs_classifier(metrics):
         clf = load_extractor(args.inception, args.classifier, allow_download=args.download)
-    res = evaluate_folder(args.folder, classifier=clf, classifier_description=clf.description if clf else "",
-                          metrics=metrics, splits=args.splits, limit=args.limit,
-                          batch_size=args.batch_size, device=device, fid_reference=args.fid_reference,
-                          save_reference_stats=args.save_reference_stats)
-    d = {"folder": str(Path(args.folder).resolve()), **res.as_dict()}
+    evaluate = evaluate_folder
+    if args.world_split:
+        from cgn.imagenet.world_quality import evaluate_world_split as evaluate
+    res = evaluate(args.folder or args.world_split, classifier=clf,
+                   classifier_description=clf.description if clf else "", metrics=metrics,
+                   splits=args.splits, limit=args.limit, batch_size=args.batch_size, device=device,
+                   fid_reference=args.fid_reference, save_reference_stats=args.save_reference_stats)
+    source = ({"folder": str(Path(args.folder).resolve())} if args.folder else
+              {"world_split": args.world_split})
+    d = {**source, **res.as_dict()}
     if args.json:
         write_json_atomic(args.json, d)
     json.dump(d, sys.stdout, indent=2)

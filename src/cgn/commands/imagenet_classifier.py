@@ -80,8 +80,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                        notes={"model.weights_file": "torchvision's ImageNet weights",
                               "model.pretrained": "on"})
     _add_data_args(e, train=False, **checkpoint)
+    e.add_argument("--world", metavar="DIR",
+                   help="evaluate on a world instead (cgn imagenet world build): top-1 on its test "
+                        "split, shape bias per head on cue_conflict, accuracies on original / "
+                        "mixed_same / mixed_rand and the BG-gap, all as fractions")
     e.add_argument("--metrics", help="comma list of imagenet_topk, cf_head_accuracy, "
-                                     "shape_bias, in9_bg_gap (default: all with data)")
+                                     "shape_bias, in9_bg_gap (default: all with data); with "
+                                     "--world: of world_top1, world_shape_bias, world_in9")
     cliargs.add_fields(e, ClassifierTrainConfig,
                        ["eval.exclude_same_category", "eval.in9_normalization", "device"], **checkpoint)
     e.add_argument("--out", help="also write the metrics to this JSON file")
@@ -170,9 +175,16 @@ def _evaluate(args: argparse.Namespace) -> int:
         cfg = override(ClassifierTrainConfig(), {"model.arch": args.plain})
     cfg = override(cfg, ov)
     which = [m.strip() for m in args.metrics.split(",") if m.strip()] if args.metrics else None
+    other = sorted(set(_given(args)) & {"data.val_dir", "data.cf_dir", "eval.cue_conflict_dir", "eval.in9_dir"})
+    if args.world and other:
+        raise CGNError(f"--world evaluates on the world's own splits; drop "
+                       f"{', '.join(cliargs.flag(k).name for k in other)} (or evaluate them in another run)")
     dist = init_distributed(cfg.device)
     try:
-        res = evaluate_model(model, cfg, which=which, dist=dist, strict=which is not None)
+        if args.world:
+            res = _evaluate_world(model, cfg, args.world, which, dist)
+        else:
+            res = evaluate_model(model, cfg, which=which, dist=dist, strict=which is not None)
     finally:
         shutdown_distributed(dist)
     if not res:
@@ -185,3 +197,14 @@ def _evaluate(args: argparse.Namespace) -> int:
         json.dump(res, sys.stdout, indent=1)
         print()
     return 0
+
+
+def _evaluate_world(model, cfg, world: str, which, dist) -> dict:
+    """The world evaluations of the model, its images in the checkpoint's evaluation transform."""
+    from cgn.imagenet.imagefolder import eval_transform
+    from cgn.imagenet.world_eval import evaluate_world
+    d = cfg.data
+    model = model.to(dist.device).eval()
+    return evaluate_world(model, Path(world).expanduser(), which=which,
+                          transform=eval_transform(d.image_size, d.resize_size),
+                          batch_size=cfg.eval.batch_size, workers=d.workers, dist=dist)

@@ -10,7 +10,8 @@ from __future__ import annotations
 import argparse
 import importlib
 
-SUBMODULES = ["cgn.commands.imagenet_pretrain_u2net", "cgn.commands.imagenet_pretrain_biggan"]
+SUBMODULES = ["cgn.commands.imagenet_pretrain_u2net", "cgn.commands.imagenet_pretrain_biggan",
+              "cgn.commands.imagenet_pretrain_judges"]
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -28,7 +28,8 @@ from cgn.errors import CGNError
 
 # The modules that define metrics (imported by name on demand: core imports no variant).
 METRIC_MODULES = ("cgn.mnist.quality", "cgn.imagenet.quality", "cgn.imagenet.fid", "cgn.imagenet.accuracy",
-                  "cgn.imagenet.shape_bias", "cgn.imagenet.in9", "cgn.imagenet.saliency")
+                  "cgn.imagenet.shape_bias", "cgn.imagenet.in9", "cgn.imagenet.saliency",
+                  "cgn.imagenet.world_metrics", "cgn.imagenet.world_eval")
 
 
 @dataclass(frozen=True)

@@ -50,7 +50,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".JPEG", ".webp")
 FOLDER_METRICS = ("inception_score", "mu_mask")  # what evaluate_folder computes by default
 FOLDER_OPTIONAL = ("fid",)                        # on request (it needs a reference)
-EXTRACTORS = ("tf", "torchvision")                # load_extractor's kinds; the first is the default
+EXTRACTORS = ("tf", "torchvision", "world")       # load_extractor's kinds; the first is the default
 
 
 @register_metric("inception_score", help="Inception Score of class probabilities: (mean, std) over splits")
@@ -174,12 +174,16 @@ def load_inception(source: str = "auto", allow_download: bool = False) -> ImageN
 
 def load_extractor(kind: str = EXTRACTORS[0], source: str = "auto", allow_download: bool = False) -> nn.Module:
     """The Inception network of ``kind`` (``tf``: the TF graph of the published IS/FID numbers;
-    ``torchvision``), its weights from ``source`` (``auto``, ``random`` or a file path)."""
+    ``torchvision``; ``world``: a world classifier), its weights from ``source`` (``auto``,
+    ``random`` or a file path; ``world``: the file only)."""
     if kind == "tf":
         from cgn.imagenet.inception_tf import load_tf_inception
         return load_tf_inception(source, allow_download)
     if kind == "torchvision":
         return load_inception(source, allow_download)
+    if kind == "world":  # a world's classifier (cgn imagenet pretrain judges); source: its file
+        from cgn.imagenet.world_judges import load_world_inception
+        return load_world_inception(source)
     raise CGNError(f"unknown Inception {kind!r}; choose from {', '.join(EXTRACTORS)}")
 
 
@@ -258,9 +262,12 @@ def reference_statistics(reference: str | os.PathLike, net: nn.Module, *, batch_
                          device: torch.device | str = "cpu", save_to: str | os.PathLike | None = None):
     """FID statistics of ``reference``: an ``.npz`` (checked to come from the same network) or
     a folder of images (its pool features through ``net``; cached at ``save_to`` if given)."""
-    ref = Path(reference)
+    from cgn.imagenet.world_quality import parse_world_split, world_reference_statistics
+    ref, world = Path(reference), parse_world_split(reference)
     identity = getattr(net, "identity", "")
-    if ref.is_file():
+    if world is not None:  # a world split DIR:SPLIT
+        stats = world_reference_statistics(*world, net, batch_size=batch_size, device=device)
+    elif ref.is_file():
         stats = load_stats(ref)
         check_same_extractor(GaussianStats(stats.mu, stats.sigma, 0, identity), stats,
                              f"the FID reference statistics {ref}")
