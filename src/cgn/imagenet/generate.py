@@ -53,15 +53,18 @@ def load_generator(cgn: str | os.PathLike, device: torch.device | str = "cpu",
     ``cgn.pth`` (BigGAN-deep-256 + full U²-Net), in eval mode on ``device``."""
     path = Path(cgn).expanduser()
     obj = torch_load(path, what="CGN weights")
+    arch = None
     if isinstance(obj, dict) and obj.get("format") == FORMAT:
         if obj.get("kind") != CHECKPOINT_KIND:
             raise CGNError(f"{path} holds a '{obj.get('kind')}' checkpoint, not an ImageNet CGN")
         cfg = from_dict(ImageNetCGNConfig, obj["config"]).model
         mcfg = from_dict(ModelConfig, {**asdict(cfg), "biggan": "", "u2net": "", "cgn": str(path)})
+        # the architectures trained (a stand-in's come from its files, not from the config's
+        # arch fields); checkpoints written before they were recorded rebuild from the config
+        arch = (obj.get("extra") or {}).get("architecture")
     else:
         mcfg = ModelConfig(cgn=str(path))
-    del obj
-    return build_cgn(mcfg, truncation=truncation).to(device).eval()
+    return build_cgn(mcfg, truncation=truncation, arch=arch, loaded=obj).to(device).eval()  # read once
 
 
 # --------------------------------------------------------------------------------------------
@@ -131,7 +134,7 @@ class DatasetSpec:
         if self.mode == "fixed" and (self.classes is None or len(self.classes) != 3):
             raise CGNError("fixed mode needs --classes SHAPE TEXTURE BACKGROUND")
         if self.classes is not None and not all(0 <= c < 1000 for c in self.classes):
-            raise CGNError("classes must be ImageNet indices 0..999")
+            raise CGNError("classes must be class indices 0..999 (ImageNet's, or a world's)")
         if not 0 < self.truncation <= 1:
             raise CGNError("truncation must be in (0, 1]")
 
@@ -142,6 +145,8 @@ def generate_dataset(model: ImageNetCGN, out: str | os.PathLike, split: str, n: 
     spec.check()
     if n < 1 or batch_size < 1:
         raise CGNError("the number of images and the batch size must be >= 1")
+    if spec.classes is not None:
+        model.class_vector(spec.classes)  # classes the CGN lacks: one line, before anything is written
     d = split_dir(out, split)
     lock_dir(d)  # one writer per split: two processes would interleave their images
     meta_path = d / "generation.json"
@@ -253,7 +258,7 @@ def parse_steps(items: Sequence[str]) -> list[tuple[str, int]]:
         mech, _, cls = it.partition(":")
         if mech not in INTERP_MODES or not cls.isdigit() or not 0 <= int(cls) < 1000:
             raise CGNError(f"bad interpolation step {it!r}; write MECHANISM:CLASS with MECHANISM "
-                           f"one of {', '.join(INTERP_MODES)} and CLASS in 0..999")
+                           f"one of {', '.join(INTERP_MODES)} and CLASS in 0..999 (within the CGN's classes)")
         out.append((mech, int(cls)))
     if not out:
         raise CGNError("give at least one interpolation step, e.g. texture:293")
