@@ -15,9 +15,10 @@ from PIL import Image
 from cgn.cli import main
 from cgn.config import override
 from cgn.core.checkpoint import load_checkpoint
-from cgn.imagenet.config import ABLATIONS, resolve_sample_classes
+from cgn.imagenet.biggan import BigGANConfig
+from cgn.imagenet.config import ABLATIONS, ModelConfig, resolve_sample_classes
 from cgn.imagenet.losses import LOSS_NAMES, ImageNetCGNLosses
-from cgn.imagenet.model import build_cgn
+from cgn.imagenet.model import biggan_config, build_cgn
 from cgn.presets import preset
 from conftest import require_hed, require_mnist
 
@@ -80,8 +81,9 @@ def test_world_pipeline_through_the_cli(world, stand_ins, tmp_path, capsys):
     stand_in = json.loads((biggan / "config.json").read_text())
     assert ck["extra"]["architecture"]["biggan"]["channel_width"] == stand_in["channel_width"] == 4
     assert ck["extra"]["architecture"]["u2net"]["arch"] == "tiny"    # from the file, not the preset
-    # generation rebuilds the stand-ins' architecture from the checkpoint alone
+    # generation (and training from --cgn) rebuild the stand-ins' architecture from the checkpoint
     last = str(run / "checkpoints" / "last.pt")
+    assert biggan_config(ModelConfig(cgn=last)) == BigGANConfig.from_json_file(biggan / "config.json")
     for split, n in (("train", 16), ("val", 8)):
         assert main(["imagenet", "generate", "--cgn", last, "--mode", "random", "--n", str(n),
                      "--split", split, "--batch-size", "8", "--save-masks", "--out", str(cf)]) == 0
@@ -132,7 +134,6 @@ def test_world_preset_errors_are_one_line(stand_ins, tmp_path, capsys):
 def test_world_preset_matches_the_biggan_stand_in():
     """With --random-init the world preset builds the stand-in's architecture (world-32)."""
     from cgn.imagenet.biggan_pretrain import generator_config
-    from cgn.imagenet.model import biggan_config
     ours = biggan_config(preset("world-32-cgn").model)
     theirs = generator_config(preset("world-32", "imagenet pretrain biggan").model)
     assert ours == theirs and ours.num_classes == CLASSES and ours.output_dim == 32

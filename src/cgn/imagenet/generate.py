@@ -53,18 +53,16 @@ def load_generator(cgn: str | os.PathLike, device: torch.device | str = "cpu",
     ``cgn.pth`` (BigGAN-deep-256 + full U²-Net), in eval mode on ``device``."""
     path = Path(cgn).expanduser()
     obj = torch_load(path, what="CGN weights")
-    arch = None
     if isinstance(obj, dict) and obj.get("format") == FORMAT:
         if obj.get("kind") != CHECKPOINT_KIND:
             raise CGNError(f"{path} holds a '{obj.get('kind')}' checkpoint, not an ImageNet CGN")
         cfg = from_dict(ImageNetCGNConfig, obj["config"]).model
+        # the architectures come from what the checkpoint records (a stand-in's from its files);
+        # checkpoints written before they were recorded rebuild from the config's arch fields
         mcfg = from_dict(ModelConfig, {**asdict(cfg), "biggan": "", "u2net": "", "cgn": str(path)})
-        # the architectures trained (a stand-in's come from its files, not from the config's
-        # arch fields); checkpoints written before they were recorded rebuild from the config
-        arch = (obj.get("extra") or {}).get("architecture")
     else:
         mcfg = ModelConfig(cgn=str(path))
-    return build_cgn(mcfg, truncation=truncation, arch=arch, loaded=obj).to(device).eval()  # read once
+    return build_cgn(mcfg, truncation=truncation, loaded=obj).to(device).eval()  # read once
 
 
 # --------------------------------------------------------------------------------------------

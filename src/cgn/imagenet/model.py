@@ -28,6 +28,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import pickle
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -165,8 +167,10 @@ class ImageNetCGN(nn.Module):
 
 
 def biggan_config(cfg: ModelConfig) -> BigGANConfig:
-    """The BigGAN architecture ``cfg`` names (a weights folder's config.json, else the arch)."""
-    return _biggan_config(cfg)[0]
+    """The BigGAN architecture ``cfg`` names: a weights folder's config.json, else the one a CGN
+    checkpoint records, else the arch fields."""
+    arch = recorded_architecture(cfg.cgn) if cfg.cgn and not cfg.biggan else None
+    return BigGANConfig(**arch["biggan"]) if arch else _biggan_config(cfg)[0]
 
 
 def _biggan_config(cfg: ModelConfig) -> tuple[BigGANConfig, Path | None]:
@@ -191,12 +195,28 @@ def architecture(model: ImageNetCGN) -> dict:
             "u2net": dataclasses.asdict(model.u2net_config)}
 
 
-def build_cgn(cfg: ModelConfig, truncation: float = 0.5, arch: dict | None = None,
-              loaded: object = None) -> ImageNetCGN:
+def recorded_architecture(path: str | os.PathLike, loaded: object = None) -> dict | None:
+    """The architectures (:func:`architecture`) one of our CGN checkpoints records; None for the
+    authors' ``cgn.pth`` and older checkpoints. ``loaded``: the file's contents if read already;
+    otherwise it is memory-mapped, so its tensors are not read."""
+    from cgn.core.checkpoint import FORMAT
+    obj = loaded
+    if obj is None:
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except (OSError, RuntimeError, ValueError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile):
+            return None  # a legacy or unreadable file: the loader that follows says which
+    if isinstance(obj, dict) and obj.get("format") == FORMAT:
+        return (obj.get("extra") or {}).get("architecture")
+    return None
+
+
+def build_cgn(cfg: ModelConfig, truncation: float = 0.5, loaded: object = None) -> ImageNetCGN:
     """Build the CGN on the CPU: BigGAN/U²-Net from their files (or seeded random weights),
     then, if ``cfg.cgn`` is set, every part from that CGN file (``loaded``: its contents, when
-    the caller has read it already). ``arch``: the architectures a checkpoint recorded
-    (:func:`architecture`), instead of those the config names."""
+    the caller has read it already), in the architectures it records (those of the files it was
+    trained from), else in those ``cfg`` names."""
+    arch = recorded_architecture(cfg.cgn, loaded) if cfg.cgn else None
     bcfg, bpath = (BigGANConfig(**arch["biggan"]), None) if arch else _biggan_config(cfg)
     u2_state = None
     if cfg.u2net:
