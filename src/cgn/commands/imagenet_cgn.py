@@ -18,12 +18,21 @@ from cgn.errors import CGNError
 # weight option -> config field; the path given (or the downloaded default) is checked first
 WEIGHT_FIELDS = {"biggan": "model.biggan", "u2net": "model.u2net", "cgn": "model.cgn",
                  "vgg16": "loss.vgg16"}
+# a preset whose architecture no download provides (a world's) needs its stand-in's file
+STAND_IN = {
+    "biggan": "the {preset} preset's BigGAN is not BigGAN-deep-256: pass --biggan DIR, the folder "
+              "that cgn imagenet pretrain biggan exports (RUN/biggan), or --random-init (pipeline "
+              "checks only)",
+    "u2net": "the {preset} preset's U2-Net is not the downloadable u2net.pth: pass --u2net FILE, "
+             "the u2netp.pth that cgn imagenet pretrain u2net writes, or --random-init (pipeline "
+             "checks only)",
+}
 TRAIN_FIELDS = ["loss.feature_extractor", "loss.allow_download", "train.episodes",
                 "train.batch_acc", "train.batch_size", "train.seed"]
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from cgn.imagenet.config import ImageNetCGNConfig
+    from cgn.imagenet.config import ABLATIONS, ImageNetCGNConfig
     from cgn.imagenet.weights import WEIGHT_ASSETS
     from cgn.presets import presets
     known = presets("imagenet train")
@@ -34,7 +43,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "Multi-GPU: torchrun --nproc_per_node=N -m cgn imagenet train "
                                    "... (NCCL on GPUs, gloo on CPUs).")
     t.add_argument("--preset", default="imagenet-256", choices=list(known),
-                   help="imagenet-256 (the paper) or tiny (CPU check) (default: imagenet-256)")
+                   help="imagenet-256 (the paper), world-32-cgn (the recipe on a 32-px world, from "
+                        "its stand-ins) or tiny (CPU check) (default: imagenet-256)")
     t.add_argument("--out", required=True, help="run directory")
     t.add_argument("--resume", action="store_true", help=cliargs.RESUME_HELP)
     notes = {path: f"the file of cgn download {WEIGHT_ASSETS[kind][0]} when present"
@@ -44,6 +54,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--weights-dir", help="download root holding weights/ (default: $CGN_HOME)")
     t.add_argument("--random-init", action="store_true",
                    help="no pretrained BigGAN/U2-Net: random weights (pipeline checks only)")
+    t.add_argument("--ablate", choices=list(ABLATIONS),
+                   help="the paper's ablation: train without L_shape (mask losses), L_text, L_bg "
+                        "or L_rec (L1 and perceptual); sets their weights to 0")
     cliargs.add_fields(t, ImageNetCGNConfig, TRAIN_FIELDS, defaults=defaults)
     cliargs.add_config_options(t, "optim.lr_shape=1e-5")
     t.add_argument("--device", default="auto", help=cliargs.DEVICE_HELP)
@@ -67,7 +80,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--truncation", type=float, default=0.5,
                    help="noise truncation in (0, 1] (default 0.5)")
     g.add_argument("--classes", type=int, nargs=3, metavar=("SHAPE", "TEXTURE", "BACKGROUND"),
-                   help="ImageNet classes of the three mechanisms")
+                   help="classes of the three mechanisms (ImageNet indices, or a world's classes)")
     g.add_argument("--batch-size", type=int, default=1,
                    help="images per forward pass (1: regeneration from the CSV is bit-identical)")
     g.add_argument("--save-masks", action="store_true", help="also write masks/ (for mu_mask)")
@@ -126,7 +139,7 @@ def _train(args: argparse.Namespace) -> int:
     from cgn.config import override
     from cgn.core.distributed import is_main_process
     from cgn.core.perceptual import resolve_vgg16
-    from cgn.imagenet.config import ImageNetCGNConfig
+    from cgn.imagenet.config import ABLATIONS, ImageNetCGNConfig
     from cgn.imagenet.train import train
     from cgn.imagenet.weights import resolve_weight
     from cgn.presets import preset
@@ -148,19 +161,25 @@ def _train(args: argparse.Namespace) -> int:
         return 0
     cfg = cliargs.start(args, ImageNetCGNConfig, lambda: preset(args.preset, "imagenet train"))
     weights = {kind: values.pop(path, None) for kind, path in WEIGHT_FIELDS.items()}
-    sets: dict[str, object] = {}
-    tiny = cfg.model.biggan_arch == "tiny" and not weights["biggan"]
+    sets: dict[str, object] = dict(ABLATIONS[args.ablate]) if args.ablate else {}
+    if args.random_init:
+        sets["model.random_init"] = True
     if weights["cgn"]:
         sets["model.cgn"] = resolve_weight(weights["cgn"], "cgn", required=True)
-    # Downloaded defaults are used only for the full-size model; random weights only when
-    # asked for (--random-init, the tiny preset) or when --cgn provides every weight.
-    explicit_only = args.random_init or tiny
-    need = not (explicit_only or weights["cgn"])
-    # the downloaded VGG16 file only where the style features are ImageNet's (hed/random: not)
-    features = cliargs.apply(cfg, args, values).loss.feature_extractor
+    planned = cliargs.apply(cfg, args, {**sets, **values})
+    # Random weights only when asked for (--random-init, the tiny preset) or when --cgn provides
+    # every weight; a downloaded file only for the architecture it is (BigGAN-deep-256, the full
+    # U2-Net; the VGG16 file only where the style features are ImageNet's): a world's stand-ins
+    # are always given by path.
+    random_init = planned.model.random_init
+    need = not (random_init or weights["cgn"])
+    fits = {"biggan": planned.model.biggan_arch == "deep-256", "u2net": planned.model.u2net_arch == "full",
+            "vgg16": planned.loss.feature_extractor in ("auto", "imagenet")}
     for kind in ("biggan", "u2net", "vgg16"):
         given = weights[kind]
-        if not given and (explicit_only or kind == "vgg16" and features not in ("auto", "imagenet")):
+        if not given and (random_init or not fits[kind]):
+            if need and kind != "vgg16":
+                raise CGNError(STAND_IN[kind].format(preset=planned.preset))
             continue
         v = resolve_weight(given, kind, required=need and kind != "vgg16",
                            directory=args.weights_dir)
@@ -211,6 +230,11 @@ def _generate(args: argparse.Namespace) -> int:
     if not args.classes:
         raise CGNError(f"--mode {args.mode} needs --classes SHAPE TEXTURE BACKGROUND")
     u = _load_noise(args.noise, args.seed, model.z_dim, args.truncation)
+    # every class named must be one of the CGN's (a world's BigGAN has few): checked before writing
+    named = list(args.classes) + ([args.to] if args.mode == "interp" and args.to is not None else [])
+    if args.mode == "gif":
+        named += [c for _, c in gen.parse_steps(args.steps or [])]
+    model.class_vector(named)
     out.mkdir(parents=True, exist_ok=True)
     s, t, b = args.classes
     if args.mode == "interp":

@@ -6,7 +6,9 @@ One step (per process):
     counterfactual batch (x_cf [C,3,S,S], y_s, y_t, y_b) C = int(cf_ratio * B), resampled per epoch
     out = model(cat(x, x_cf))                           one forward; BatchNorm is frozen (eval
                                                         mode), so batching them together changes
-                                                        nothing
+                                                        nothing (model.freeze_batchnorm off, for a
+                                                        backbone trained from scratch: BatchNorm
+                                                        normalises the joint batch)
     loss = CE(out.avg[:B], y)                                   real images: the averaged logits
          + CE(out.shape[B:], y_s) + CE(out.texture[B:], y_t) + CE(out.background[B:], y_b)
 
@@ -128,7 +130,8 @@ def train_classifier(cfg: ClassifierTrainConfig, out: str | os.PathLike, *, resu
                       epochs=cfg.optim.epochs, out=out, config=to_dict(cfg), kind=KIND,
                       resume=resume, scheduler=sched, dist=dist, eval_fn=eval_fn,
                       eval_every=cfg.eval.every, log_every=cfg.log_every,
-                      checkpoint_every=cfg.checkpoint_every, train_mode=batchnorm_eval,
+                      checkpoint_every=cfg.checkpoint_every,
+                      train_mode=batchnorm_eval if cfg.model.freeze_batchnorm else None,
                       max_steps=cfg.max_steps or None, tensorboard=cfg.tensorboard)
     if cfg.eval.before_training and trainer.global_step == 0:
         metrics = trainer.evaluate()

@@ -57,11 +57,12 @@ def load_generator(cgn: str | os.PathLike, device: torch.device | str = "cpu",
         if obj.get("kind") != CHECKPOINT_KIND:
             raise CGNError(f"{path} holds a '{obj.get('kind')}' checkpoint, not an ImageNet CGN")
         cfg = from_dict(ImageNetCGNConfig, obj["config"]).model
+        # the architectures come from what the checkpoint records (a stand-in's from its files);
+        # checkpoints written before they were recorded rebuild from the config's arch fields
         mcfg = from_dict(ModelConfig, {**asdict(cfg), "biggan": "", "u2net": "", "cgn": str(path)})
     else:
         mcfg = ModelConfig(cgn=str(path))
-    del obj
-    return build_cgn(mcfg, truncation=truncation).to(device).eval()
+    return build_cgn(mcfg, truncation=truncation, loaded=obj).to(device).eval()  # read once
 
 
 # --------------------------------------------------------------------------------------------
@@ -131,7 +132,7 @@ class DatasetSpec:
         if self.mode == "fixed" and (self.classes is None or len(self.classes) != 3):
             raise CGNError("fixed mode needs --classes SHAPE TEXTURE BACKGROUND")
         if self.classes is not None and not all(0 <= c < 1000 for c in self.classes):
-            raise CGNError("classes must be ImageNet indices 0..999")
+            raise CGNError("classes must be class indices 0..999 (ImageNet's, or a world's)")
         if not 0 < self.truncation <= 1:
             raise CGNError("truncation must be in (0, 1]")
 
@@ -142,6 +143,8 @@ def generate_dataset(model: ImageNetCGN, out: str | os.PathLike, split: str, n: 
     spec.check()
     if n < 1 or batch_size < 1:
         raise CGNError("the number of images and the batch size must be >= 1")
+    if spec.classes is not None:
+        model.class_vector(spec.classes)  # classes the CGN lacks: one line, before anything is written
     d = split_dir(out, split)
     lock_dir(d)  # one writer per split: two processes would interleave their images
     meta_path = d / "generation.json"
@@ -253,7 +256,7 @@ def parse_steps(items: Sequence[str]) -> list[tuple[str, int]]:
         mech, _, cls = it.partition(":")
         if mech not in INTERP_MODES or not cls.isdigit() or not 0 <= int(cls) < 1000:
             raise CGNError(f"bad interpolation step {it!r}; write MECHANISM:CLASS with MECHANISM "
-                           f"one of {', '.join(INTERP_MODES)} and CLASS in 0..999")
+                           f"one of {', '.join(INTERP_MODES)} and CLASS in 0..999 (within the CGN's classes)")
         out.append((mech, int(cls)))
     if not out:
         raise CGNError("give at least one interpolation step, e.g. texture:293")

@@ -53,11 +53,14 @@ def patch_grid(x_gt: torch.Tensor, mask: torch.Tensor, *, patch: int = 15, work_
         pick = torch.randint(best.shape[1], (b, grid * grid), generator=generator)
         chosen = best.gather(1, pick.to(best.device))                           # [B, grid²]
         rows, cols = chosen // n_side, chosen % n_side
-        # every window as a column: [B, C·p·p, n_win] -> the chosen ones
-        windows = F.unfold(img, patch)                                          # [B, C·p·p, n_win]
-        sel = windows.gather(2, (rows * n_side + cols)[:, None, :].expand(-1, windows.shape[1], -1))
-        sel = sel.view(b, c, patch, patch, grid, grid)                          # k = r·grid + q
-        tiles = sel.permute(0, 1, 4, 2, 5, 3).reshape(b, c, grid * patch, grid * patch)
+        # the chosen windows' pixels only (not every window: unfolding all of them costs
+        # C·p²·n_win numbers per image, 35 MB at the paper's geometry)
+        off = torch.arange(patch, device=img.device)
+        r = (rows[:, :, None] + off).view(b, grid, grid, patch, 1)             # [B, g, g, p, 1]
+        q = (cols[:, :, None] + off).view(b, grid, grid, 1, patch)             # [B, g, g, 1, p]
+        flat = (r * work_size + q).permute(0, 1, 3, 2, 4).reshape(b, 1, -1)    # rows (g·p) × cols (g·p)
+        tiles = img.flatten(2).gather(2, flat.expand(-1, c, -1))
+        tiles = tiles.view(b, c, grid * patch, grid * patch)                   # tile k = r·grid + q
         return F.interpolate(tiles, (h, w), mode="bicubic", align_corners=False)
 
 

@@ -13,8 +13,8 @@ All four BigGANs start from the same weights; U²-Net and G_gt stay frozen and i
 authors' code, so their ``cgn.pth`` (keys ``biggan_GT.*, f_shape.*, f_text.*, f_bg.*, u2net.*``,
 possibly with a ``module.`` prefix) loads strictly; everywhere else the mechanisms are called
 ``shape``, ``texture`` and ``background`` (:data:`TRAINABLE` maps them to the attributes).
-Class inputs are class *vectors* ``[B, 1000]`` (one-hot, or mixtures of one-hots for
-interpolations in class-embedding space).
+Class inputs are class *vectors* ``[B, K]`` (one-hot, or mixtures of one-hots for
+interpolations in class-embedding space; K = the BigGAN's classes, 1000 for ImageNet).
 
 The model also implements :class:`cgn.core.sampling.CounterfactualModel` (mechanisms
 ``shape / texture / background``, one truncated noise vector per item), so the generic
@@ -25,8 +25,11 @@ Reference: docs/reference.md#imagenet-mechanisms.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
+import pickle
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -112,7 +115,13 @@ class ImageNetCGN(nn.Module):
         return self.f_shape.embeddings.weight.device
 
     def class_vector(self, classes) -> torch.Tensor:
-        return self.f_shape.class_vector(classes)
+        """One-hot ``[B, K]`` vectors of integer classes; a class the BigGAN lacks is a one-line error."""
+        c = torch.as_tensor(classes, dtype=torch.long).view(-1)
+        if len(c) and not (0 <= int(c.min()) and int(c.max()) < self.n_classes):
+            bad = sorted({int(v) for v in c if not 0 <= int(v) < self.n_classes})
+            raise CGNError(f"class(es) {bad[:5]} are not classes of this CGN's BigGAN, which has "
+                           f"{self.n_classes} classes (0..{self.n_classes - 1}); choose classes in that range")
+        return self.f_shape.class_vector(c)
 
     # -- the forward pass ------------------------------------------------------------------------
     def forward(self, u: torch.Tensor, y_shape: torch.Tensor, y_texture: torch.Tensor,
@@ -157,6 +166,13 @@ class ImageNetCGN(nn.Module):
         self.train(self.training)
 
 
+def biggan_config(cfg: ModelConfig) -> BigGANConfig:
+    """The BigGAN architecture ``cfg`` names: a weights folder's config.json, else the one a CGN
+    checkpoint records, else the arch fields."""
+    arch = recorded_architecture(cfg.cgn) if cfg.cgn and not cfg.biggan else None
+    return BigGANConfig(**arch["biggan"]) if arch else _biggan_config(cfg)[0]
+
+
 def _biggan_config(cfg: ModelConfig) -> tuple[BigGANConfig, Path | None]:
     if cfg.biggan:
         p = Path(cfg.biggan).expanduser()
@@ -168,18 +184,46 @@ def _biggan_config(cfg: ModelConfig) -> tuple[BigGANConfig, Path | None]:
                            "(run `cgn download biggan-deep-256`)")
         return biggan_deep_256_config(), p
     if cfg.biggan_arch == "tiny":
-        return tiny_config(cfg.tiny_resolution, cfg.tiny_width, cfg.tiny_z_dim), None
+        return tiny_config(cfg.tiny_resolution, cfg.tiny_width, cfg.tiny_z_dim, cfg.tiny_classes), None
     return biggan_deep_256_config(), None
 
 
-def build_cgn(cfg: ModelConfig, truncation: float = 0.5) -> ImageNetCGN:
+def architecture(model: ImageNetCGN) -> dict:
+    """The architectures of the BigGAN and the U²-Net as a checkpoint records them (they may
+    have come from weight files, which a checkpoint's user need not have)."""
+    return {"biggan": dataclasses.asdict(model.biggan_config),
+            "u2net": dataclasses.asdict(model.u2net_config)}
+
+
+def recorded_architecture(path: str | os.PathLike, loaded: object = None) -> dict | None:
+    """The architectures (:func:`architecture`) one of our CGN checkpoints records; None for the
+    authors' ``cgn.pth`` and older checkpoints. ``loaded``: the file's contents if read already;
+    otherwise it is memory-mapped, so its tensors are not read."""
+    from cgn.core.checkpoint import FORMAT
+    obj = loaded
+    if obj is None:
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except (OSError, RuntimeError, ValueError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile):
+            return None  # a legacy or unreadable file: the loader that follows says which
+    if isinstance(obj, dict) and obj.get("format") == FORMAT:
+        return (obj.get("extra") or {}).get("architecture")
+    return None
+
+
+def build_cgn(cfg: ModelConfig, truncation: float = 0.5, loaded: object = None) -> ImageNetCGN:
     """Build the CGN on the CPU: BigGAN/U²-Net from their files (or seeded random weights),
-    then, if ``cfg.cgn`` is set, every part from that CGN file."""
-    bcfg, bpath = _biggan_config(cfg)
+    then, if ``cfg.cgn`` is set, every part from that CGN file (``loaded``: its contents, when
+    the caller has read it already), in the architectures it records (those of the files it was
+    trained from), else in those ``cfg`` names."""
+    arch = recorded_architecture(cfg.cgn, loaded) if cfg.cgn else None
+    bcfg, bpath = (BigGANConfig(**arch["biggan"]), None) if arch else _biggan_config(cfg)
     u2_state = None
     if cfg.u2net:
         u2 = U2Net.from_pretrained(cfg.u2net, align_corners=cfg.u2net_align_corners)
         ucfg, u2_state = u2.config, u2.state_dict()
+    elif arch:
+        ucfg = U2NetConfig(**arch["u2net"])
     else:
         ucfg = U2NetConfig(arch=cfg.u2net_arch, align_corners=cfg.u2net_align_corners)
     with torch.device("meta"):
@@ -187,7 +231,7 @@ def build_cgn(cfg: ModelConfig, truncation: float = 0.5) -> ImageNetCGN:
     model = model.to_empty(device="cpu")
     if cfg.cgn:
         # Every part comes from the CGN file (loaded strictly: nothing stays uninitialised).
-        load_cgn_file(model, cfg.cgn)
+        load_cgn_file(model, cfg.cgn, loaded)
         return model.train(False)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.init_seed)
@@ -202,10 +246,11 @@ def build_cgn(cfg: ModelConfig, truncation: float = 0.5) -> ImageNetCGN:
     return model.train(False)
 
 
-def load_cgn_file(model: ImageNetCGN, path: str | os.PathLike) -> None:
-    """Load the authors' ``cgn.pth`` (a plain state dict) or one of our checkpoints."""
+def load_cgn_file(model: ImageNetCGN, path: str | os.PathLike, loaded: object = None) -> None:
+    """Load the authors' ``cgn.pth`` (a plain state dict) or one of our checkpoints (``loaded``:
+    the file's contents, if read already)."""
     from cgn.core.checkpoint import FORMAT, torch_load
-    state = torch_load(path, what="CGN weights")
+    state = torch_load(path, what="CGN weights") if loaded is None else loaded
     if isinstance(state, dict) and state.get("format") == FORMAT:
         if state.get("kind") != CHECKPOINT_KIND:
             raise CGNError(f"{path} holds a '{state.get('kind')}' checkpoint, not an ImageNet CGN")

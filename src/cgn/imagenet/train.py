@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torchvision.utils import make_grid
 
-from cgn.config import ResumeDiff, from_dict, resume_diff, to_dict
+from cgn.config import ResumeDiff, from_dict, override, resume_diff, to_dict
 from cgn.core.checkpoint import load_checkpoint, save_checkpoint, torch_load
 from cgn.core.distributed import init_distributed, shutdown_distributed
 from cgn.core.interrupt import StepBoundary
@@ -38,9 +38,10 @@ from cgn.core.rundir import RunDir
 from cgn.core.seeding import rng_state, set_rng_state
 from cgn.core.stats import WindowStats, check_finite
 from cgn.errors import CGNError
-from cgn.imagenet.config import ImageNetCGNConfig
+from cgn.imagenet.config import ImageNetCGNConfig, resolve_sample_classes
 from cgn.imagenet.losses import LOSS_NAMES, ImageNetCGNLosses
-from cgn.imagenet.model import CHECKPOINT_KIND, ImageNetCGN, build_cgn, truncated_noise
+from cgn.imagenet.model import (CHECKPOINT_KIND, ImageNetCGN, architecture, biggan_config, build_cgn,
+                                truncated_noise)
 from cgn.imagenet.weights import default_weight_path
 
 
@@ -115,6 +116,10 @@ class Trainer:
                 self._log(f"resume: a resume may not change {ResumeDiff.describe(diff.conflicts)}; "
                           "using the stored values")
             cfg = from_dict(ImageNetCGNConfig, diff.apply(stored))
+        # the sheet classes, checked against (or chosen from) the BigGAN before the run starts
+        n_classes = biggan_config(cfg.model).num_classes
+        cfg = override(cfg, {"train.sample_classes":
+                             resolve_sample_classes(cfg.train.sample_classes, n_classes)})
         self.cfg = cfg
         if self.ctx.is_main:
             self.run = RunDir(self.out, to_dict(cfg), resume=resume)
@@ -228,7 +233,8 @@ class Trainer:
 
     def save(self) -> Path:
         extra = {"world_size": self.ctx.world_size, "sheet_noise": self.u_fixed_source,
-                 "feature_extractor": self.losses.source.as_dict() if self.losses.source else {}}
+                 "feature_extractor": self.losses.source.as_dict() if self.losses.source else {},
+                 "architecture": architecture(self.model)}
         path = self.run.checkpoints / "last.pt"
         save_checkpoint(path, kind=CHECKPOINT_KIND, step=self.episode, config=to_dict(self.cfg),
                         model=self.model.state_dict(),
