@@ -6,6 +6,7 @@ in test_mnist_cgn_train.py.) The random delays are seeded; a failure message nam
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 from pathlib import Path
 
@@ -22,11 +23,14 @@ pytestmark = pytest.mark.slow
 
 
 def _interrupt(args, ready, sig, seed, max_delay):
-    """Interrupt ``cgn *args`` at a random moment after ``ready()``; sooner if it finished first."""
+    """Interrupt ``cgn *args`` at a random moment after ``ready()``; sooner if it finished first
+    (then its output folder is removed, so the next try starts from nothing again)."""
+    out = Path(args[args.index("--out") + 1])
     for _ in range(4):
         rc, err, delay = stop_at_random(args, ready=ready, sig=sig, seed=seed, max_delay=max_delay)
         if rc != 0:
             return rc, err, delay
+        shutil.rmtree(out)
         max_delay /= 4
     pytest.fail(f"the command finished before every signal: {args}")
 
