@@ -18,8 +18,12 @@ SRC = str(Path(__file__).resolve().parents[1] / "src")
 def cgn_process(args: list[str]) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", ""),
            "OMP_NUM_THREADS": "1"}
+    # A test run started in the background of a non-interactive shell (`cmd &`) inherits SIGINT
+    # ignored, and Python then never raises KeyboardInterrupt: the child gets the default
+    # disposition back, as a command typed at a terminal has it.
     return subprocess.Popen([sys.executable, "-m", "cgn", *args], env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def stop_at_random(args: list[str], ready: Callable[[], bool], sig: int, seed: int,
