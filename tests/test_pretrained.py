@@ -57,6 +57,8 @@ def test_lookup_by_name_checks_the_digest(exported, tmp_path):
 
 
 def test_every_shipped_cgn_verifies_and_loads():
+    if not pretrained.names():
+        pytest.skip("no pretrained CGN is shipped in this version yet (cgn.mnist.pretrained.SHIPPED)")
     for name in pretrained.names():
         model, info = load_generator(name)
         assert info["pretrained"] == name and info["dataset"] == name
