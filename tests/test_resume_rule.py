@@ -173,3 +173,40 @@ def test_imagenet_resume_keeps_the_checkpoints_config_except_its_length(tmp_path
     ck = load_checkpoint(out / "checkpoints/last.pt", kind="imagenet-cgn")
     assert ck["step"] == 2 and ck["config"]["train"]["seed"] == 0 and ck["config"]["train"]["episodes"] == 2
     assert "a resume may not change train.seed (0 -> 5); using the stored values" in (out / "log.txt").read_text()
+
+
+def test_stand_ins_run_control_is_declared_once_and_keeps_its_paths():
+    """The stand-ins' trainers share their run-control fields (cgn.core.runcontrol): same help,
+    same resume rule, flat in one config and under train. in the others, as before."""
+    from cgn.cliargs import field_of
+    from cgn.config import from_dict
+    from cgn.core import runcontrol
+    from cgn.imagenet.biggan_pretrain_config import BigGANPretrainConfig
+    from cgn.imagenet.u2net_config import U2NetTrainConfig
+    from cgn.imagenet.world_judges_config import JudgesConfig
+    from cgn.mnist.config import CGNTrainConfig
+    run = {"eval_batch_size": "free", "log_every": "free", "checkpoint_every": "free",
+           "device": "free", "threads": "free"}
+    assert _rules(JudgesConfig) == {"epochs": "extend", "limit_test": "free", **run}
+    assert _rules(U2NetTrainConfig) == {
+        "data.train": "free", "data.test": "free", "train.epochs": "extend",
+        "train.max_steps": "extend", "train.limit_test": "free", "train.eval_images": "free",
+        "train.eval_every": "free", **{f"train.{k}": v for k, v in run.items()}}
+    assert _rules(BigGANPretrainConfig) == {
+        "train.data": "free", "train.steps": "extend", "train.precision": "free",
+        **{f"train.{k}": "free" for k in ("sample_truncation", "sample_per_class", "sample_every",
+                                          "stats_batches", "log_every", "checkpoint_every",
+                                          "device", "threads")}}
+    for name in ("device", "threads", "log_every"):
+        where = [(JudgesConfig, name), (U2NetTrainConfig, f"train.{name}"),
+                 (BigGANPretrainConfig, f"train.{name}")]
+        if name != "log_every":  # the MNIST CGN's log_every is not free (see above)
+            where.append((CGNTrainConfig, f"train.{name}"))
+        metas = {str(field_of(cls, path)[0].metadata) for cls, path in where}
+        assert len(metas) == 1, (name, metas)
+    assert field_of(JudgesConfig, "threads")[0].metadata["help"] == runcontrol.THREADS_HELP
+    with pytest.raises(CGNError, match="threads must be >= 0"):
+        from_dict(JudgesConfig, {"threads": -1})
+    with pytest.raises(CGNError, match="checkpoint_every must be >= 1"):  # no epochs: >= 1
+        from_dict(BigGANPretrainConfig, {"train": {"checkpoint_every": 0}})
+    assert from_dict(U2NetTrainConfig, {"train": {"checkpoint_every": 0}}).train.checkpoint_every == 0

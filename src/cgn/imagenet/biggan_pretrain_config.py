@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from cgn.config import check
+from cgn.core import runcontrol
 from cgn.presets import Preset
 
 CHECKPOINT_KIND = "biggan-pretrain"
@@ -88,14 +89,14 @@ class GANTrainConfig:
     sample_per_class: int = field(default=8, metadata={"resume": "free",
         "help": "samples per class (columns) of a sample sheet"})
     sample_every: int = field(default=500, metadata={"resume": "free", "help": "steps between sample sheets"})
-    checkpoint_every: int = field(default=500, metadata={"resume": "free", "help": "steps between checkpoints"})
-    log_every: int = field(default=50, metadata={"resume": "free", "help": "steps between metrics.jsonl lines"})
+    checkpoint_every: int = runcontrol.checkpoint_every(epochs=False)
+    log_every: int = runcontrol.log_every()
     stats_batches: int = field(default=4, metadata={"resume": "free", "help":
         "batches (of batch_size) averaged for each standing-statistics row of the export"})
     precision: Literal["auto", "bf16", "fp32"] = field(default="auto", metadata={"resume": "free",
         "help": "bf16 autocast, fp32, or auto (bf16 only where it is faster: CPUs with AMX, bf16 GPUs)"})
-    device: str = field(default="auto", metadata={"resume": "free", "help": "auto | cpu | cuda[:N]"})
-    threads: int = field(default=0, metadata={"resume": "free", "help": "torch CPU threads (0: torch's default)"})
+    device: str = runcontrol.device()
+    threads: int = runcontrol.threads()
 
     def __post_init__(self):
         check(self.steps >= 1, "steps must be >= 1")
@@ -105,9 +106,9 @@ class GANTrainConfig:
         check(0 <= self.ema_decay < 1, "ema_decay must be in [0, 1)")
         check(self.ema_start >= 0, "ema_start must be >= 0")
         check(0 < self.sample_truncation <= 1, "sample_truncation must be in (0, 1]")
-        for name in ("sample_per_class", "sample_every", "checkpoint_every", "log_every", "stats_batches"):
+        for name in ("sample_per_class", "sample_every", "stats_batches"):
             check(getattr(self, name) >= 1, f"{name} must be >= 1")
-        check(self.threads >= 0, "threads must be >= 0")
+        runcontrol.check(self)
 
 
 @dataclass

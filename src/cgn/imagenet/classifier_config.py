@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from cgn.config import check, from_dict
+from cgn.core import runcontrol
 from cgn.presets import Preset
 
 IN9_VARIANTS = ("original", "mixed_same", "mixed_rand")
@@ -117,20 +118,16 @@ class ClassifierTrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     seed: int = field(default=0, metadata={"help": "seed of initialisation, data order, augmentation"})
-    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:N", "resume": "free"})
-    log_every: int = field(default=50, metadata={"help": "training log line every N steps",
-                                                 "resume": "free"})
-    checkpoint_every: int = field(default=2000, metadata={
-        "help": "checkpoint every N steps besides each epoch end (0 = epoch ends only)",
-        "resume": "free"})
+    device: str = runcontrol.device()
+    log_every: int = runcontrol.log_every()
+    checkpoint_every: int = runcontrol.checkpoint_every(2000)
     max_steps: int = field(default=0, metadata={"help": "stop after N steps in total (0 = no limit)",
                                                  "resume": "extend"})
     tensorboard: bool = field(default=True, metadata={"help": "also write TensorBoard scalars to OUT/tb",
                                                       "resume": "free"})
 
     def __post_init__(self):
-        check(self.log_every > 0, f"log_every must be > 0, got {self.log_every}")
-        check(self.checkpoint_every >= 0, f"checkpoint_every must be >= 0, got {self.checkpoint_every}")
+        runcontrol.check(self)
         check(self.max_steps >= 0, f"max_steps must be >= 0, got {self.max_steps}")
 
     @property

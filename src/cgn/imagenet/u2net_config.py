@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from cgn.config import check
+from cgn.core import runcontrol
 from cgn.imagenet.u2net import ARCHS
 from cgn.presets import Preset
 
@@ -93,22 +94,19 @@ class TrainConfig:
         "resume": "free"})
     eval_every: int = field(default=1, metadata={"help": "evaluate every N epochs (and after the last)",
                                                  "resume": "free"})
-    eval_batch_size: int = field(default=256, metadata={"help": "images per evaluation batch",
-                                                        "resume": "free"})
-    log_every: int = field(default=50, metadata={"help": "steps between metrics lines", "resume": "free"})
-    checkpoint_every: int = field(default=500, metadata={
-        "help": "checkpoint every N steps besides each epoch end (0 = epoch ends only)", "resume": "free"})
-    device: str = field(default="auto", metadata={"help": "auto | cpu | cuda[:N]", "resume": "free"})
-    threads: int = field(default=0, metadata={"help": "torch CPU threads (0: torch's default)",
-                                              "resume": "free"})
+    eval_batch_size: int = runcontrol.eval_batch_size()
+    log_every: int = runcontrol.log_every()
+    checkpoint_every: int = runcontrol.checkpoint_every()
+    device: str = runcontrol.device()
+    threads: int = runcontrol.threads()
 
     def __post_init__(self):
         check(self.epochs >= 1 and self.max_steps >= 0, "epochs must be >= 1, max_steps >= 0")
         check(self.batch_size >= 2, "batch_size must be >= 2 (BatchNorm)")
-        for name in ("limit_train", "limit_test", "eval_images", "threads", "checkpoint_every"):
+        for name in ("limit_train", "limit_test", "eval_images"):
             check(getattr(self, name) >= 0, f"{name} must be >= 0")
-        for name in ("eval_every", "eval_batch_size", "log_every"):
-            check(getattr(self, name) >= 1, f"{name} must be >= 1")
+        check(self.eval_every >= 1, "eval_every must be >= 1")
+        runcontrol.check(self)
         check(self.limit_train == 0 or self.limit_train >= self.batch_size,
               "limit_train must be 0 or >= batch_size")
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from cgn.config import check
+from cgn.core import runcontrol
 from cgn.presets import Preset
 
 COMMAND = "imagenet pretrain judges"
@@ -45,23 +46,19 @@ class JudgesConfig:
     limit_train: int = field(default=0, metadata={"help": "use the first N training images (0 = all)"})
     limit_test: int = field(default=0, metadata={"help": "use the first N test images (0 = all)",
                                                  "resume": "free"})
-    eval_batch_size: int = field(default=256, metadata={"help": "images per evaluation batch",
-                                                        "resume": "free"})
-    log_every: int = field(default=50, metadata={"help": "steps between metrics lines", "resume": "free"})
-    checkpoint_every: int = field(default=500, metadata={
-        "help": "checkpoint every N steps besides each epoch end (0 = epoch ends only)", "resume": "free"})
-    device: str = field(default="auto", metadata={"help": "auto | cpu | cuda[:N]", "resume": "free"})
-    threads: int = field(default=0, metadata={"help": "torch CPU threads (0: torch's default)",
-                                              "resume": "free"})
+    eval_batch_size: int = runcontrol.eval_batch_size()
+    log_every: int = runcontrol.log_every()
+    checkpoint_every: int = runcontrol.checkpoint_every()
+    device: str = runcontrol.device()
+    threads: int = runcontrol.threads()
 
     def __post_init__(self):
         check(self.width >= 1 and self.epochs >= 1, "width and epochs must be >= 1")
         check(self.batch_size >= 2, "batch_size must be >= 2 (BatchNorm)")
         check(self.lr > 0, "lr must be > 0")
-        for name in ("epoch_images", "limit_train", "limit_test", "threads", "checkpoint_every"):
+        for name in ("epoch_images", "limit_train", "limit_test"):
             check(getattr(self, name) >= 0, f"{name} must be >= 0")
-        for name in ("eval_batch_size", "log_every"):
-            check(getattr(self, name) >= 1, f"{name} must be >= 1")
+        runcontrol.check(self)
         check(self.limit_train == 0 or self.limit_train >= self.batch_size,
               "limit_train must be 0 or >= batch_size")
 

@@ -30,6 +30,7 @@ from cgn.config import check
 from cgn.core.batches import BatchStream
 from cgn.core.checkpoint import load_checkpoint, load_state_dict_strict
 from cgn.core.classifier_eval import eval_loader, evaluate_accuracy
+from cgn.core import runcontrol
 from cgn.core.classifier_trainer import StepOutput, Trainer
 from cgn.core.device import resolve_device
 from cgn.core.precision import resolve_precision
@@ -68,13 +69,13 @@ class ClassifierConfig:
         "help": "training images scored for the train accuracy"})
     precision: Literal["auto", "bf16", "fp32"] = field(default="auto", metadata={
         "help": "auto: bf16 autocast where it is faster (CPUs with AMX, bf16 GPUs), else fp32"})
-    threads: int = field(default=0, metadata={"help": "torch CPU threads (0: torch's default)"})
+    threads: int = runcontrol.threads()
     limit_real: int | None = field(default=None, metadata={
         "help": "use only the first N real training images (smoke tests, probes)"})
     limit_test: int | None = field(default=None, metadata={
         "help": "score only the first N OOD test images (smoke tests, probes; not comparable "
                 "with full-test numbers)"})
-    device: str = field(default="auto", metadata={"help": "auto | cpu | cuda[:N]"})
+    device: str = runcontrol.device()
 
     def __post_init__(self):
         check(self.dataset in variants.VARIANTS, f"unknown dataset {self.dataset!r}; choose one of "
@@ -88,6 +89,7 @@ class ClassifierConfig:
         check(self.limit_real is None or self.limit_real >= 1, "limit_real must be >= 1")
         check(self.limit_test is None or self.limit_test >= 1, "limit_test must be >= 1")
         check(self.precision in ("auto", "bf16", "fp32"), "precision must be auto, bf16 or fp32")
+        runcontrol.check(self)
 
 
 class ArrayImages(Dataset):

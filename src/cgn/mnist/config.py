@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from cgn.config import check, from_dict
+from cgn.core import runcontrol
 from cgn.presets import Preset
 
 VARIANT_NAMES = ("colored-mnist", "double-colored-mnist", "wildlife-mnist")
@@ -107,9 +108,8 @@ class TrainConfig:
     limit_train: int | None = field(default=None, metadata={
         "help": "use only the first N training images (quick probes and tests)"})
     seed: int = field(default=0, metadata={"help": "seed of init, labels, noise, shuffling, dropout"})
-    device: str = field(default="auto", metadata={"help": "auto | cpu | cuda[:N]", "resume": "free"})
-    threads: int = field(default=0, metadata={"help": "torch CPU threads (0: torch's default)",
-                                              "resume": "free"})
+    device: str = runcontrol.device()
+    threads: int = runcontrol.threads()
     log_every: int = field(default=50, metadata={"help": "steps between metrics.jsonl lines"})
     sample_every: int = field(default=1000, metadata={"help": "steps between sample grids"})
     timeline_every: int = field(default=250, metadata={"help": "steps between mask-timeline frames"})
@@ -127,7 +127,7 @@ class TrainConfig:
         for name in ("log_every", "sample_every", "timeline_every", "checkpoint_every"):
             check(getattr(self, name) >= 1, f"{name} must be >= 1")
         check(self.eval_samples >= 10, "eval_samples must be >= 10")
-        check(self.threads >= 0, "threads must be >= 0")
+        runcontrol.check(self)
 
 
 @dataclass
