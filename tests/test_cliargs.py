@@ -203,3 +203,40 @@ def test_old_flag_names_keep_working():
 def test_train_classifier_needs_a_dataset(capsys, tmp_path):
     assert main(["train-classifier", "--out", str(tmp_path / "r")]) == 2
     assert "--dataset is required" in capsys.readouterr().err
+
+
+def test_resolve_or_resume_continues_the_stored_config(toy, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    stored = Toy(inner=Inner(steps=9), other=5)
+    (out / "config.json").write_text(json.dumps({"config": to_dict(stored)}))
+
+    def run(argv, resume=True, **kw):
+        args = toy.parse_args(argv)
+        args.resume, args.preset = resume, None
+        return cliargs.resolve_or_resume(args, Toy, out, base=lambda: Toy(other=2), **kw)
+
+    assert run([]) == stored                                   # the run's config, not the base
+    assert run([], resume=False) == Toy(other=2)               # a new run: resolve()
+    # Toy has no resume rules: every change is refused, in one line
+    with pytest.raises(CGNError, match=r"^--resume continues the stored config of .*run: a resume "
+                                       r"may not change inner\.rate \(0\.5 -> 0\.25\); drop those"):
+        run(["--rate-x", "0.25"])
+    with pytest.raises(CGNError, match="other"):
+        run(["--set", "other=6"])
+    with pytest.raises(CGNError, match="drop --config"):
+        run(["--config", str(out / "config.json")])
+    assert run(["--config", str(out / "config.json")], refuse_base=False) == stored
+    (out / "config.json").write_text(json.dumps({"environment": {}}))
+    with pytest.raises(CGNError, match="config.json is damaged"):
+        run([])
+
+
+def test_options_and_set_are_validated_together():
+    """--image-size 300 alone would break resize >= crop; with the --set beside it, it does not."""
+    from cgn.imagenet.classifier_config import ClassifierTrainConfig
+    args = build_parser().parse_args(["imagenet", "train-classifier", "--out", "x", "--image-size",
+                                      "300", "--set", "data.resize_size=320"])
+    cfg = cliargs.resolve(args, ClassifierTrainConfig)
+    assert (cfg.data.image_size, cfg.data.resize_size) == (300, 320)
+

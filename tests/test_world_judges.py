@@ -109,6 +109,33 @@ def test_judges_learn_above_chance_and_resume(run, world, capsys):
     assert "a resume may not change" in capsys.readouterr().err
 
 
+def test_resume_refuses_a_changed_setting_and_takes_a_free_one(run, tmp_path, capsys):
+    """--resume starts from the run's stored config: a setting the judges were trained with is
+    refused with one line before anything runs; how the run executes may change."""
+    import shutil
+    out = tmp_path / "run"
+    shutil.copytree(run, out)
+    stored = json.loads((out / "config.json").read_text())["config"]
+
+    def resume(*extra):
+        rc = main(["imagenet", "pretrain", "judges", "--out", str(out), "--resume", *extra])
+        return rc, capsys.readouterr()
+
+    for extra, message in [(["--width", "5", "--print-config"], "a resume may not change width (8 -> 5)"),
+                           (["--lr", "0.1"], "a resume may not change lr (0.003 -> 0.1)"),
+                           (["--preset", "judges-32"], "uses preset judges-tiny, not judges-32"),
+                           (["--config", str(out / "config.json")], "drop --config")]:
+        rc, cap = resume(*extra)
+        err = cap.err.strip()
+        assert rc == 2 and len(err.splitlines()) == 1 and message in err, (extra, err)
+    assert json.loads((out / "config.json").read_text())["config"] == stored
+    rc, cap = resume("--device", "cpu", "--limit-test", "100", "--print-config")
+    assert rc == 0 and json.loads(cap.out) == {**stored, "device": "cpu", "limit_test": 100}
+    rc, cap = resume("--device", "cpu", "--preset", "judges-tiny")   # the run's own preset is fine
+    assert rc == 0 and cap.err.count("skipped") == len(JUDGES), cap.err   # every judge is done
+    assert json.loads((out / "results.json").read_text())["device"] == "cpu"
+
+
 def test_metrics_cli_scores_with_the_world_classifier(run, world, tmp_path, capsys):
     from PIL import Image
     from cgn.imagenet.quality import inception_score

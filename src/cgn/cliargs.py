@@ -5,7 +5,8 @@
 annotation, and ``--help`` shows its default (the dataclass's, or each preset's). The flag of a
 field is declared once, in :data:`FLAGS`, so a field has the same flag in every command.
 :func:`resolve` puts the parsed values back onto a config: first the base (``--config FILE`` or
-a preset), then the options given, then ``--set SECTION.FIELD=VALUE`` (parsed only here).
+a preset), then the options given, then ``--set SECTION.FIELD=VALUE`` (parsed only here);
+:func:`resolve_or_resume` does the same for commands whose ``--resume`` continues a stored run.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
-from cgn.config import coerce, from_dict, override, to_dict
+from cgn.config import check_resume, coerce, from_dict, override, to_dict
 from cgn.errors import CGNError
 
 
@@ -95,6 +96,8 @@ METAVARS = {int: "N", float: "X"}
 # Help of options that are not config fields but recur in several commands.
 DEVICE_HELP = "auto (a GPU when there is one, else the CPU) | cpu | cuda[:N]"
 RESUME_HELP = "continue the run in --out from its last checkpoint"
+RESUME_HELP_STORED = (RESUME_HELP + " (with the run's stored settings; options given may change "
+                      "only the length and how it runs)")
 
 
 def add_cgn_option(parser) -> None:
@@ -247,6 +250,14 @@ def given(args: argparse.Namespace) -> dict[str, Any]:
     return {k[len(DEST):]: v for k, v in vars(args).items() if k.startswith(DEST)}
 
 
+def absolute(values: Mapping[str, Any], paths: Iterable[str]) -> dict[str, Any]:
+    """``values`` with the non-empty ones at ``paths`` made absolute (a run directory records
+    where its data lives, whatever the directory a rerun starts from)."""
+    paths = set(paths)
+    return {k: str(Path(v).expanduser().resolve()) if k in paths and v else v
+            for k, v in values.items()}
+
+
 def set_values(args: argparse.Namespace) -> dict[str, str]:
     """``{field path: text}`` of the ``--set`` assignments (a later one wins)."""
     out = {}
@@ -289,10 +300,9 @@ def start(args: argparse.Namespace, cls: type, base: Callable[[], Any] | None = 
 
 
 def apply(cfg: Any, args: argparse.Namespace, values: Mapping[str, Any] | None = None) -> Any:
-    """``cfg`` with the config options given (or ``values``), then ``--set``, applied."""
-    cfg = override(cfg, dict(given(args) if values is None else values))
-    sets = set_values(args)
-    return override(cfg, sets) if sets else cfg
+    """``cfg`` with the config options given (or ``values``) and ``--set`` applied together (a
+    ``--set`` wins over an option for the same field); only the result is validated."""
+    return override(cfg, {**(given(args) if values is None else values), **set_values(args)})
 
 
 def resolve(args: argparse.Namespace, cls: type, base: Callable[[], Any] | None = None, *,
@@ -305,6 +315,44 @@ def resolve(args: argparse.Namespace, cls: type, base: Callable[[], Any] | None 
             raise CGNError(f"{flag(path).name} is required (or start from a saved config with "
                            "--config FILE)")
     return apply(start(args, cls, base), args, values)
+
+
+def resolve_or_resume(args: argparse.Namespace, cls: type, out: str | Path,
+                      base: Callable[[], Any] | None = None, *,
+                      values: Mapping[str, Any] | None = None, required: Iterable[str] = (),
+                      stored: Callable[[dict], Any] | None = None,
+                      refuse_base: bool = True) -> Any:
+    """The config of a command that continues runs in ``out``.
+
+    With ``--resume`` and a stored ``OUT/config.json``: the stored config (``stored(record)``,
+    by default ``from_dict(cls, record)``) with the options given (or ``values``) and ``--set``
+    applied; a change that the resume rule of ``cls`` keeps (:func:`cgn.config.check_resume`)
+    is refused with one line, and so are (``refuse_base``) ``--config`` and a ``--preset``
+    other than the run's. Otherwise the config of a new run: :func:`resolve` (``base``,
+    ``values``, ``required``)."""
+    path = Path(out) / "config.json"
+    if not (getattr(args, "resume", False) and path.is_file()):
+        return resolve(args, cls, base, values=values, required=required)
+    from cgn.io import read_json
+    record = read_json(path, "run config")
+    if not isinstance(record, dict) or not isinstance(record.get("config"), dict):
+        raise CGNError(f"{path} is damaged (not the JSON record cgn writes); restore it, or start "
+                       "the run again in another --out")
+    try:
+        old = (stored or (lambda d: from_dict(cls, d)))(record["config"])
+    except CGNError as e:
+        raise CGNError(f"{path}: {e}") from None
+    if refuse_base:
+        if getattr(args, "config", None):
+            raise CGNError("--resume continues with the run's stored config; drop --config")
+        name, was = getattr(args, "preset", None), getattr(old, "preset", None)
+        if name and was is not None and name != was:
+            raise CGNError(f"--resume: the run in {out} uses preset {was or '(none)'}, not {name}; "
+                           "drop --preset or choose another --out")
+    cfg = apply(old, args, values)
+    check_resume(cls, to_dict(old), to_dict(cfg), f"--resume continues the stored config of {out}",
+                 "drop those options or start a new run with another --out")
+    return cfg
 
 
 def print_config(cfg: Any) -> None:

@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 
 from cgn import cliargs
-from cgn.io import read_json
 from cgn.errors import CGNError
 
 DATA_FIELDS = ["data.val_dir", "data.cf_dir", "data.class_index", "eval.cue_conflict_dir",
@@ -23,10 +22,6 @@ MODEL_FIELDS = ["model.arch", "model.pretrained", "model.weights_file", "optim.e
 # options given as paths are made absolute (the run directory records where its data lives)
 _PATHS = {"data.train_dir", "data.val_dir", "data.cf_dir", "data.class_index",
           "model.weights_file", "eval.cue_conflict_dir", "eval.in9_dir"}
-
-
-def _abs(p: str) -> str:
-    return str(Path(p).expanduser().resolve()) if p else ""
 
 
 def _add_data_args(p: argparse.ArgumentParser, train: bool, **defaults) -> None:
@@ -95,21 +90,20 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _given(args: argparse.Namespace) -> dict:
-    return {k: _abs(v) if k in _PATHS else v for k, v in cliargs.given(args).items()}
+    return cliargs.absolute(cliargs.given(args), _PATHS)
 
 
 def _overrides(args: argparse.Namespace) -> dict:
+    """The config options given (``--set`` is applied with them by :func:`cliargs.apply`)."""
     ov = _given(args)
     if getattr(args, "baseline", False):
         if ov.get("data.cf_dir"):
             raise CGNError("--baseline trains without counterfactual data; drop --cf-dir")
         ov["data.cf_dir"] = ""
-    ov.update(cliargs.set_values(args))
     return ov
 
 
 def _train(args: argparse.Namespace) -> int:
-    from cgn.config import check_resume, override, to_dict
     from cgn.core.distributed import init_distributed, shutdown_distributed
     from cgn.imagenet.classifier_config import ClassifierTrainConfig, config_from_dict
     from cgn.presets import preset
@@ -119,11 +113,10 @@ def _train(args: argparse.Namespace) -> int:
 
     out = Path(args.out).expanduser().resolve()
     ov = _overrides(args)
-    stored = out / "config.json"
     if args.evaluate_only:
         ckpt = Path(args.checkpoint) if args.checkpoint else out / "checkpoints" / "last.pt"
         model, cfg = load_classifier(ckpt)
-        cfg = override(cfg, {k: v for k, v in ov.items()})
+        cfg = cliargs.apply(cfg, args, ov)
         dist = init_distributed(cfg.device)
         try:
             res = evaluate_model(model, cfg, dist=dist)
@@ -135,15 +128,10 @@ def _train(args: argparse.Namespace) -> int:
             json.dump(res, sys.stdout, indent=1)
             print()
         return 0
-    if args.resume and stored.exists():
-        old = config_from_dict(read_json(stored, "run config")["config"])
-        cfg = override(old, ov)
-        check_resume(ClassifierTrainConfig, to_dict(old), to_dict(cfg),
-                     f"--resume continues the stored config of {out}",
-                     "drop those options or start a new run with another --out")
-    else:
-        cfg = override(cliargs.start(args, ClassifierTrainConfig,
-                                     lambda: preset(args.preset, "imagenet train-classifier")), ov)
+    # its --preset has a default, so a resume cannot tell a given one: refuse_base=False
+    cfg = cliargs.resolve_or_resume(
+        args, ClassifierTrainConfig, out, lambda: preset(args.preset, "imagenet train-classifier"),
+        values=ov, stored=config_from_dict, refuse_base=False)
     dist = init_distributed(cfg.device)
     try:
         result = train_classifier(cfg, out, resume=args.resume, dist=dist)
@@ -173,7 +161,7 @@ def _evaluate(args: argparse.Namespace) -> int:
             raise CGNError("--weights and --no-pretrained contradict each other; choose one")
         model = plain_classifier(args.plain, weights_arg(pretrained, weights or ""))
         cfg = override(ClassifierTrainConfig(), {"model.arch": args.plain})
-    cfg = override(cfg, ov)
+    cfg = cliargs.apply(cfg, args, ov)
     which = [m.strip() for m in args.metrics.split(",") if m.strip()] if args.metrics else None
     other = sorted(set(_given(args)) & {"data.val_dir", "data.cf_dir", "eval.cue_conflict_dir", "eval.in9_dir"})
     if args.world and other:

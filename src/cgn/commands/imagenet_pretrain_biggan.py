@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 from cgn import cliargs
-from cgn.errors import CGNError
 
 SUBCOMMAND = "imagenet pretrain biggan"  # its presets' key in cgn.presets
 FIELDS = ["train.data", "train.steps", "train.batch_size", "train.seed", "model.resolution",
@@ -37,9 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--preset", choices=list(known), default=None,
                    help="world-32 (the world's stand-in) or biggan-tiny (CPU check) (default: world-32)")
     p.add_argument("--out", required=True, help="run directory")
-    p.add_argument("--resume", action="store_true",
-                   help=cliargs.RESUME_HELP + " (with the run's stored settings; options given may "
-                        "change only the length and how it runs)")
+    p.add_argument("--resume", action="store_true", help=cliargs.RESUME_HELP_STORED)
     cliargs.add_fields(p, BigGANPretrainConfig, FIELDS,
                        defaults={n: q.build() for n, q in known.items()},
                        notes={"train.data": "none; required to start a run"})
@@ -61,23 +57,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _config(args: argparse.Namespace):
     from cgn.imagenet.biggan_pretrain import stored_config
     from cgn.imagenet.biggan_pretrain_config import BigGANPretrainConfig
-    from cgn.io import read_json
     from cgn.presets import preset
-    values = cliargs.given(args)
-    if values.get("train.data"):  # the run directory records where its data lives
-        values["train.data"] = str(Path(values["train.data"]).expanduser().resolve())
-    stored = Path(args.out) / "config.json"
-    if args.resume and stored.is_file():
-        base = stored_config(read_json(stored, "run config")["config"])
-        if args.config:
-            raise CGNError("--resume continues with the run's stored config; drop --config")
-        if args.preset and args.preset != base.preset:
-            raise CGNError(f"--resume: the run in {args.out} uses preset {base.preset}, not "
-                           f"{args.preset}; drop --preset or choose another --out")
-        return cliargs.apply(base, args, values)
-    return cliargs.resolve(args, BigGANPretrainConfig,
-                           lambda: preset(args.preset or "world-32", SUBCOMMAND),
-                           values=values, required=["train.data"])
+    # the run directory records where its data lives
+    values = cliargs.absolute(cliargs.given(args), {"train.data"})
+    return cliargs.resolve_or_resume(
+        args, BigGANPretrainConfig, args.out, lambda: preset(args.preset or "world-32", SUBCOMMAND),
+        values=values, required=["train.data"], stored=stored_config)
 
 
 def _train(args: argparse.Namespace) -> int:

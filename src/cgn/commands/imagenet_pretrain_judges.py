@@ -31,9 +31,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "accuracies on the test split as RUN/results.json. Ctrl-C "
                                    "saves a checkpoint; --resume continues.")
     p.add_argument("--out", required=True, help="run directory")
-    p.add_argument("--preset", default="judges-32", choices=list(known),
+    p.add_argument("--preset", default=None, choices=list(known),
                    help="judges-32 (the world's judges) or judges-tiny (CPU check) (default: judges-32)")
-    p.add_argument("--resume", action="store_true", help=cliargs.RESUME_HELP)
+    p.add_argument("--resume", action="store_true", help=cliargs.RESUME_HELP_STORED)
     cliargs.add_fields(p, JudgesConfig, FIELDS, defaults={n: q.build() for n, q in known.items()},
                        required=("world",))
     cliargs.add_config_options(p, "checkpoint_every=200", print_config=True)
@@ -41,22 +41,15 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from cgn.config import from_dict
     from cgn.imagenet.world_judges_config import JudgesConfig
     from cgn.imagenet.world_judges_train import train_judges
-    from cgn.io import read_json
     from cgn.presets import preset
 
     out = Path(args.out).expanduser().resolve()
-    values = {k: str(Path(v).expanduser().resolve()) if k in PATHS and v else v
-              for k, v in cliargs.given(args).items()}
-    stored = out / "config.json"
-    if args.resume and stored.exists():
-        cfg = cliargs.apply(from_dict(JudgesConfig, read_json(stored, "run config")["config"]),
-                            args, values)
-    else:
-        cfg = cliargs.resolve(args, JudgesConfig, lambda: preset(args.preset, COMMAND),
-                              values=values, required=() if args.print_config else ("world",))
+    cfg = cliargs.resolve_or_resume(
+        args, JudgesConfig, out, lambda: preset(args.preset or "judges-32", COMMAND),
+        values=cliargs.absolute(cliargs.given(args), PATHS),
+        required=() if args.print_config else ("world",))
     if args.print_config:
         cliargs.print_config(cfg)
         return 0

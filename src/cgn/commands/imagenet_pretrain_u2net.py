@@ -27,10 +27,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "and save it as u2netp.pth (the public file's layout), which "
                                    "cgn imagenet train --u2net loads unchanged.")
     p.add_argument("--out", required=True, help="run directory (config, logs, checkpoints, weights)")
-    p.add_argument("--preset", default="u2netp-32", choices=list(known),
+    p.add_argument("--preset", default=None, choices=list(known),
                    help="starting config: u2netp-32 (32 px U2-Netp) or u2net-tiny (CPU "
                         "check) (default: u2netp-32)")
-    p.add_argument("--resume", action="store_true", help=cliargs.RESUME_HELP)
+    p.add_argument("--resume", action="store_true", help=cliargs.RESUME_HELP_STORED)
     cliargs.add_fields(p, U2NetTrainConfig, FIELDS, defaults={n: q.build() for n, q in known.items()},
                        required=("data.train", "data.test"))
     cliargs.add_config_options(p, "train.eval_images=2000", print_config=True)
@@ -38,26 +38,15 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from cgn.config import check_resume, from_dict, to_dict
     from cgn.imagenet.u2net_config import U2NetTrainConfig
     from cgn.imagenet.u2net_train import train_u2net
-    from cgn.io import read_json
     from cgn.presets import preset
 
     out = Path(args.out).expanduser().resolve()
-    values = {k: str(Path(v).expanduser().resolve()) if k in PATHS and v else v
-              for k, v in cliargs.given(args).items()}
-    stored = out / "config.json"
-    if args.resume and stored.exists():
-        old = from_dict(U2NetTrainConfig, read_json(stored, "run config")["config"])
-        cfg = cliargs.apply(old, args, values)
-        check_resume(U2NetTrainConfig, to_dict(old), to_dict(cfg),
-                     f"--resume continues the stored config of {out}",
-                     "drop those options or start a new run with another --out")
-    else:
-        cfg = cliargs.resolve(args, U2NetTrainConfig, lambda: preset(args.preset, COMMAND),
-                              values=values,
-                              required=() if args.print_config else ("data.train", "data.test"))
+    cfg = cliargs.resolve_or_resume(
+        args, U2NetTrainConfig, out, lambda: preset(args.preset or "u2netp-32", COMMAND),
+        values=cliargs.absolute(cliargs.given(args), PATHS),
+        required=() if args.print_config else ("data.train", "data.test"))
     if args.print_config:
         cliargs.print_config(cfg)
         return 0
