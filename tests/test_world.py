@@ -200,6 +200,25 @@ def test_reader_rejects_damaged_worlds(wl, tmp_path):
         WorldSplit(bad, "train")
 
 
+def test_reader_checks_each_splits_arrays(wl, tmp_path):
+    """A split is read by the npz contract's one reader: a missing array, a wrong dtype or shape
+    is one line naming the split's file and the fix."""
+    import shutil
+    bad = tmp_path / "bad"
+    shutil.copytree(wl, bad)
+    d = _arrays(wl, "test")
+    cases = [({k: v for k, v in d.items() if k != "masks"}, r"has no `masks` array \(it holds images"),
+             ({**d, "masks": d["masks"].astype(np.float32)}, "masks must be uint8"),
+             ({**d, "images": d["images"][..., :1]}, r"images must be uint8 \[N, H, W, 3\]"),
+             ({**d, "labels": d["labels"][:-1]}, "`labels` must be integer class indices, one per image"),
+             ({**d, "object_index": d["object_index"][:3]}, "one row per image .*`object_index` has 3")]
+    for arrays, message in cases:
+        np.savez(bad / "test.npz", **arrays)
+        with pytest.raises(CGNError, match=r"^world split .*test\.npz.*" + message) as e:
+            WorldSplit(bad, "test", verify=False)
+        assert len(str(e.value).splitlines()) == 1 and str(e.value).endswith("rebuild the world")
+
+
 def test_bad_input_is_one_line(tmp_path, capsys):
     _tiny_npz(tmp_path / "t.npz", 12, 0)
     with np.load(tmp_path / "t.npz") as z:

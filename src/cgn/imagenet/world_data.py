@@ -14,7 +14,6 @@ returns many items at once as tensors, for trainers that slice the arrays direct
 from __future__ import annotations
 
 import os
-import zipfile
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -23,6 +22,7 @@ import torch
 from torch.utils.data import Dataset
 
 from cgn.errors import CGNError
+from cgn.imagenet.npzdata import read_npz
 from cgn.io import file_digest, read_json
 
 MANIFEST = "world.json"
@@ -30,7 +30,7 @@ FORMAT, VERSION = "cgn-world", 1
 FIELDS = {"image": None, "label": "labels", "shape": "labels", "texture": "fg_class",
           "background": "bg_class", "mask": "masks", "index": None}
 ARRAYS = ("images", "labels", "fg_class", "bg_class", "masks", "object_index", "texture_index",
-          "background_index", "fg_offset", "bg_offset")
+          "background_index", "fg_offset", "bg_offset")  # the first five in every split
 _verified: dict[tuple[str, int, int], str] = {}  # files hashed in this process, while unchanged
 
 
@@ -71,14 +71,7 @@ def load_split_arrays(root: str | os.PathLike, split: str, verify: bool = True) 
         raise CGNError(f"{path} is missing from the world folder; rebuild the world")
     if verify:
         _verify(path, entry["sha256"])
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in ARRAYS if k in z.files}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
-        raise CGNError(f"{path} is not a readable .npz ({type(e).__name__}); rebuild the world") from None
-    missing = [k for k in ARRAYS[:5] if k not in arrays]
-    if missing:
-        raise CGNError(f"{path} lacks {', '.join(missing)}; rebuild the world")
+    arrays = read_npz(path, ARRAYS[:5], ARRAYS[5:], what="world split", fix="rebuild the world")
     return arrays, entry
 
 

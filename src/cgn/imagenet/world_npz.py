@@ -12,12 +12,12 @@ misses stays in the background, and a soft or loose edge carries its own backgro
 
 from __future__ import annotations
 
-import zipfile
 from pathlib import Path
 
 import numpy as np
 
 from cgn.errors import CGNError
+from cgn.imagenet.npzdata import read_npz
 from cgn.imagenet.world_ops import (BG_MAX, OBJ_MIN, backgrounds, composite, draw_class, partner,
                                     texture_tiles)
 
@@ -25,42 +25,11 @@ FIX = "write it in the `cgn data build` contract plus masks (docs/world.md)"
 
 
 def load_world_npz(path: str | Path, what: str) -> dict:
-    """Read and check one user npz; returns images, labels, fg_class, bg_class, masks."""
-    path = Path(path)
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in ("images", "labels", "fg_class", "bg_class", "masks")
-                      if k in z.files}
-    except FileNotFoundError:
-        raise CGNError(f"{what} {path} does not exist; check the path") from None
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
-        raise CGNError(f"{what} {path} is not a readable .npz ({type(e).__name__}); {FIX}") from None
-    for key in ("images", "labels", "masks"):
-        if key not in arrays:
-            raise CGNError(f"{what} {path} has no `{key}` array; {FIX}")
-    im, y, m = arrays["images"], arrays["labels"], arrays["masks"]
-    if im.dtype != np.uint8 or im.ndim != 4 or im.shape[3] != 3 or min(im.shape[1:3]) < 8:
-        raise CGNError(f"{what} {path}: images must be uint8 [N, H, W, 3] with H, W >= 8, got "
-                       f"{im.dtype} {list(im.shape)}; {FIX}")
-    if m.dtype != np.uint8 or m.shape != im.shape[:3]:
-        raise CGNError(f"{what} {path}: masks must be uint8 [N, H, W] matching the images "
-                       f"{list(im.shape[:3])}, got {m.dtype} {list(m.shape)}; {FIX}")
-    if len(m) and m.max() <= 1:
-        raise CGNError(f"{what} {path}: masks hold only 0 and 1; the contract is 255 = object "
-                       "(multiply them by 255)")
-    if len(im) == 0:
-        raise CGNError(f"{what} {path} holds no images; {FIX}")
-    for key in ("labels", "fg_class", "bg_class"):
-        if key in arrays:
-            a = arrays[key]
-            if a.shape != (len(im),) or not np.issubdtype(a.dtype, np.integer):
-                raise CGNError(f"{what} {path}: `{key}` must be integer classes, one per image "
-                               f"([{len(im)}]), got {a.dtype} {list(a.shape)}; {FIX}")
-            if a.min() < (0 if key == "labels" else -1):
-                raise CGNError(f"{what} {path}: `{key}` holds {int(a.min())}; classes are 0..K-1 "
-                               "(-1 = none, for fg_class / bg_class)")
-    y = y.astype(np.int64)
-    out = {"images": im, "labels": y, "masks": m}
+    """Read and check one user npz; returns images, labels, fg_class, bg_class (int64, -1 =
+    the label's class filled in) and masks."""
+    arrays = read_npz(path, ("images", "labels", "masks"), ("fg_class", "bg_class"), what=what, fix=FIX)
+    y = arrays["labels"].astype(np.int64)
+    out = {"images": arrays["images"], "labels": y, "masks": arrays["masks"]}
     for key in ("fg_class", "bg_class"):
         a = arrays.get(key, y).astype(np.int64)
         out[key] = np.where(a < 0, y, a)
