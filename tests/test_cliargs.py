@@ -240,3 +240,19 @@ def test_options_and_set_are_validated_together():
     cfg = cliargs.resolve(args, ClassifierTrainConfig)
     assert (cfg.data.image_size, cfg.data.resize_size) == (300, 320)
 
+
+def test_one_name_for_one_meaning_across_commands():
+    p = build_parser()
+    given = lambda argv: cliargs.given(p.parse_args(argv))  # noqa: E731
+    # "stop after N steps": --max-steps (train-classifier) is accepted where the flag is --steps
+    for cmd in (["train-cgn"], ["imagenet", "pretrain", "u2net", "--out", "x"]):
+        assert given([*cmd, "--max-steps", "7"]) == given([*cmd, "--steps", "7"]) == {"train.max_steps": 7}
+    metrics = ["imagenet", "metrics", "--folder", "f"]
+    assert p.parse_args([*metrics, "--allow-download"]).download is True
+    assert p.parse_args([*metrics, "--download"]).download is True
+    # --threads: the same help wherever it is
+    helps = {name: _action(parser, "--threads").help for name, parser in _walk(p)
+             if any("--threads" in a.option_strings for a in parser._actions)}
+    assert {"cgn generate", "cgn train-cgn", "cgn imagenet pretrain judges"} <= set(helps)
+    assert {h for n, h in helps.items() if n != "cgn reproduce mnist"} == {
+        "torch CPU threads (0: torch's default) (default: 0)"}

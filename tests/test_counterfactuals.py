@@ -111,6 +111,23 @@ def test_generate_cli(tiny_cgn, tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
 
 
+def test_generate_threads(tiny_cgn, tmp_path, capsys):
+    """--threads as in the other commands: torch's CPU threads, 0 = its default."""
+    _, path = tiny_cgn
+    before = torch.get_num_threads()
+    args = ["generate", "--checkpoint", str(path), "--n", "8", "--batch-size", "8"]
+    try:
+        torch.set_num_threads(2)
+        assert main([*args, "--threads", "1", "--out", str(tmp_path / "a")]) == 0
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    capsys.readouterr()
+    assert main([*args, "--threads", "-1", "--out", str(tmp_path / "b")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--threads -1" in err and len(err.splitlines()) == 1 and not (tmp_path / "b").exists()
+
+
 def test_reference_counterfactuals_follow_labels(shared_data, tmp_path):
     """With the authors' double-colored CGN, colours follow the texture / background labels."""
     from cgn.mnist.model import load_generator

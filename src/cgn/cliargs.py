@@ -42,7 +42,8 @@ FLAGS: dict[str, Flag] = {path: flag if isinstance(flag, Flag) else Flag(flag) f
     "cf_ratio": "--cf-ratio", "textures": Flag("--textures", "DIR"),
     "limit_real": Flag("--limit-real", "N"),
     # the MNIST CGN (train-cgn) and the ImageNet CGN (imagenet train)
-    "train.epochs": "--epochs", "train.max_steps": "--steps", "train.batch_size": "--batch-size",
+    "train.epochs": "--epochs", "train.max_steps": Flag("--steps", aliases=("--max-steps",)),
+    "train.batch_size": "--batch-size",
     "train.seed": "--seed", "train.data_seed": "--data-seed",
     "train.textures": Flag("--textures", "DIR"), "train.limit_train": Flag("--limit-train", "N"),
     "train.device": "--device", "train.threads": "--threads",

@@ -6,6 +6,7 @@ import argparse
 import time
 
 from cgn import cliargs
+from cgn.core import runcontrol
 
 FIELDS = ["n", "cf_ratio", "seed", "counterfactual", "shard_size", "batch_size", "precision"]
 
@@ -21,17 +22,27 @@ def register(sub: argparse._SubParsersAction) -> None:
     cliargs.add_cgn_option(p)
     cliargs.add_fields(p, GenerateConfig, FIELDS)
     p.add_argument("--device", default="auto", help=cliargs.DEVICE_HELP)
+    p.add_argument("--threads", type=int, default=0, metavar="N",
+                   help=f"{runcontrol.THREADS_HELP} (default: 0)")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (shards, manifest)")
     cliargs.add_config_options(p, "cf_ratio=5")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
+    import torch
+
     from cgn.core.device import resolve_device
+    from cgn.errors import CGNError
     from cgn.mnist.counterfactuals import GenerateConfig, checkpoint_source, generate
     from cgn.mnist.model import load_generator
 
     cfg = cliargs.resolve(args, GenerateConfig)
+    if args.threads < 0:
+        raise CGNError(f"--threads {args.threads}: give the number of torch CPU threads, or 0 "
+                       "for torch's default")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     model, info = load_generator(args.cgn, reference_format=args.reference_format, device=device)
     t0 = time.perf_counter()

@@ -119,7 +119,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="weights of the chosen --inception: auto (its file in $CGN_HOME/weights or "
                         "the torch hub cache) | random (pipeline checks only) | PATH; --inception "
                         "world: the world classifier's file (default: auto)")
-    m.add_argument("--download", action="store_true", help="allow downloading the Inception weights")
+    m.add_argument("--allow-download", "--download", dest="download", action="store_true",
+                   help="allow downloading the Inception weights")
     m.add_argument("--fid-reference", metavar="DIR_OR_NPZ",
                    help="FID reference: a folder of real images, an .npz of their statistics, or "
                         "a world split DIR:SPLIT")
