@@ -1,0 +1,186 @@
+"""The world and the stand-ins of ``cgn reproduce imagenet``.
+
+The world is the default Wildlife MNIST world, built into ``RUN/world``, or a built world folder.
+The stand-ins (BigGAN-deep, U2-Net, the four judges) are either given by path or trained with
+their presets by their own trainers and cached like a download::
+
+    $CGN_HOME/stand-ins/<world key>/<kind>-<preset>-<config digest>/
+
+The world key is the sha256 of the world's split digests (from its manifest), so every run on
+the same world content, wherever its folder is, finds the same stand-ins; the config digest
+covers the stand-in's resolved config without its data paths and execution settings (threads,
+device). A stand-in whose training was cut short is resumed by its trainer; a finished one is
+reused. The stand-ins keep their presets' seeds, so a run with another ``--seed`` reuses them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from cgn.config import override, to_dict
+from cgn.core.results import read_results
+from cgn.errors import CGNError
+from cgn.paths import cache_dir
+
+JUDGE_FILES = ("world_classifier", "shape_judge", "texture_judge", "background_judge")
+# fields of a stand-in's config that say where the data are or how it runs, not what it learns
+_NOT_KEYED = {"biggan": ("train.data", "train.threads", "train.device", "train.precision"),
+              "u2net": ("data.train", "data.test", "train.threads", "train.device"),
+              "judges": ("world", "threads", "device")}
+
+
+def check_inputs(cfg, out: Path) -> Path:
+    """The world folder the run uses; bad input (an unknown world, a stand-in path that is not
+    there) is one CGNError line, before anything is written."""
+    from cgn.imagenet.world import WORLDS
+    from cgn.imagenet.world_data import read_manifest
+    if cfg.world in WORLDS:
+        world = out / "world"
+    elif Path(cfg.world).expanduser().is_dir():
+        world = Path(cfg.world).expanduser()
+        m = read_manifest(world)
+        if int(m["size"]) != cfg.resolution:
+            raise CGNError(f"world {world} is {m['size']} px but --resolution is {cfg.resolution}; "
+                           f"pass --resolution {m['size']}")
+        if not m.get("image_folders") or not (world / "folders" / "train").is_dir():
+            raise CGNError(f"world {world} has no image folders (the classifiers read them); rebuild "
+                           "it with cgn imagenet world build --image-folders")
+    else:
+        raise CGNError(f"unknown world {cfg.world!r}: give {', '.join(WORLDS)} (built into RUN/world) "
+                       "or the folder of a built world (cgn imagenet world build --image-folders --out DIR)")
+    if cfg.world in WORLDS and cfg.resolution not in (32, 64):
+        raise CGNError(f"--resolution {cfg.resolution}: wildlife-mnist is built at 32 or 64 px")
+    if cfg.biggan and not (Path(cfg.biggan).expanduser() / "config.json").is_file():
+        raise CGNError(f"--biggan {cfg.biggan}: no config.json there; give the folder that cgn imagenet "
+                       "pretrain biggan exports (RUN/biggan), or leave it out to train one")
+    if cfg.u2net and not Path(cfg.u2net).expanduser().is_file():
+        raise CGNError(f"--u2net {cfg.u2net} does not exist; give the u2netp.pth of cgn imagenet "
+                       "pretrain u2net, or leave it out to train one")
+    if cfg.judges:
+        missing = [f"{j}.pt" for j in JUDGE_FILES if not (Path(cfg.judges).expanduser() / f"{j}.pt").is_file()]
+        if missing:
+            raise CGNError(f"--judges {cfg.judges} lacks {', '.join(missing)}; give the run folder of "
+                           "cgn imagenet pretrain judges, or leave it out to train them")
+    return world
+
+
+def ensure_world(rep) -> dict:
+    """Build the default world into RUN/world unless it is there; returns its manifest."""
+    from cgn.imagenet.world import WORLDS, WorldSpec, build_world
+    from cgn.imagenet.world_data import read_manifest
+    cfg = rep.cfg
+    if cfg.world in WORLDS:
+        try:
+            m = read_manifest(rep.world)
+            if m.get("image_folders"):
+                rep.log(f"world: {rep.world} built before, skipped")
+                return m
+        except CGNError:
+            pass
+        rep.log(f"world: building {cfg.world} at {cfg.resolution} px into {rep.world}")
+        spec = WorldSpec(world=cfg.world, size=cfg.resolution, textures=cfg.textures,
+                         n_train=cfg.n_train, n_test=cfg.n_test)
+        return build_world(spec, rep.world, image_folders=True, log=lambda s: rep.run.log(s, echo=False))
+    return read_manifest(rep.world)
+
+
+def world_key(manifest: dict) -> str:
+    """sha256 over the world's split digests: the same content gives the same key."""
+    digests = {k: v["sha256"] for k, v in sorted(manifest["splits"].items()) if k != "original"}
+    return hashlib.sha256(json.dumps(digests, sort_keys=True).encode()).hexdigest()
+
+
+def _digest(kind: str, c) -> str:
+    d = to_dict(c)
+    for path in _NOT_KEYED[kind]:
+        node = d
+        *head, last = path.split(".")
+        for part in head:
+            node = node[part]
+        node.pop(last, None)
+    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def stand_in_configs(rep, manifest: dict) -> dict:
+    from cgn.presets import preset
+    cfg, w = rep.cfg, rep.world
+    return {
+        "biggan": override(preset(cfg.biggan_preset, "imagenet pretrain biggan"), {
+            "model.resolution": cfg.resolution, "model.num_classes": int(manifest["num_classes"]),
+            "train.data": str(w / "train.npz"), "train.threads": cfg.threads}),
+        "u2net": override(preset(cfg.u2net_preset, "imagenet pretrain u2net"), {
+            "data.train": str(w / "train.npz"), "data.test": str(w / "test.npz"),
+            "data.image_size": cfg.resolution, "train.threads": cfg.threads}),
+        "judges": override(preset(cfg.judges_preset, "imagenet pretrain judges"), {
+            "world": str(w), "textures": cfg.textures or "", "threads": cfg.threads}),
+    }
+
+
+def _finished(kind: str, folder: Path, res: dict | None) -> Path | None:
+    """The stand-in's file or folder when its run in ``folder`` is finished, else None."""
+    if res is None:
+        return None
+    if kind == "biggan":
+        p = folder / "biggan"
+        return p if (p / "config.json").is_file() else None
+    if kind == "u2net":
+        p = folder / Path(res.get("weights", "")).name
+        return p if p.is_file() and p.suffix == ".pth" else None
+    return folder if all((folder / f"{j}.pt").is_file() for j in JUDGE_FILES) else None
+
+
+def _train(kind: str, c, folder: Path, rep) -> None:
+    if kind == "biggan":
+        from cgn.imagenet.biggan_pretrain import train
+        train(c, folder, resume=True, quiet=True)
+    elif kind == "u2net":
+        from cgn.imagenet.u2net_train import train_u2net
+        train_u2net(c, folder, resume=True)
+    else:
+        from cgn.imagenet.world_judges_train import train_judges
+        train_judges(c, folder, resume=True, log=lambda s: rep.run.log(f"judges: {s}", echo=False))
+
+
+def _given_results(kind: str, path: Path) -> dict | None:
+    """The results.json of the run that made a stand-in given by path, when it is there."""
+    run = path.parent if kind in ("biggan", "u2net") else path
+    try:
+        return read_results(run)
+    except CGNError:
+        return None
+
+
+def ensure_stand_ins(rep) -> dict:
+    """Paths of the three stand-ins (training the missing ones) and ``pretrain_time_s``: the
+    sum of their runs' ``train_seconds`` (None when a given stand-in's run is unknown)."""
+    from cgn.imagenet.world_data import read_manifest
+    manifest = read_manifest(rep.world)
+    key = world_key(manifest)[:16]
+    configs = stand_in_configs(rep, manifest)
+    given = {"biggan": rep.cfg.biggan, "u2net": rep.cfg.u2net, "judges": rep.cfg.judges}
+    out: dict = {"world_key": key, "train_seconds": {}}
+    for kind, c in configs.items():
+        if given[kind]:
+            path = Path(given[kind]).expanduser().resolve()
+            res = _given_results(kind, path)
+            rep.log(f"stand-in {kind}: given, {path}")
+        else:
+            folder = cache_dir("stand-ins", key, f"{kind}-{c.preset}-{_digest(kind, c)}")
+            res = read_results(folder)
+            path = _finished(kind, folder, res)
+            if path is None:
+                rep.log(f"stand-in {kind}: training with preset {c.preset} into {folder}")
+                _train(kind, c, folder, rep)
+                res = read_results(folder)
+                path = _finished(kind, folder, res)
+                if path is None:
+                    raise CGNError(f"the {kind} stand-in in {folder} did not finish; rerun to resume it")
+            else:
+                rep.log(f"stand-in {kind}: cached, {path}; skipped")
+        out[kind] = str(path)
+        out["train_seconds"][kind] = None if res is None else res.get("train_seconds")
+    secs = out["train_seconds"].values()
+    out["pretrain_time_s"] = None if None in secs else round(sum(secs), 1)
+    return out
