@@ -13,7 +13,8 @@ FIELDS = ["datasets", "n_counterfactuals", "cf_ratio", "train_sets", "epochs", "
 
 def register(sub: argparse._SubParsersAction) -> None:
     from cgn.mnist.reproduce import QUICK, ReproduceConfig
-    p = sub.add_parser("reproduce", help="reproduce the paper's MNIST table or its ImageNet experiments (on a world) in one command (resumable)",
+    p = sub.add_parser("reproduce", help="reproduce the paper's MNIST table or its ImageNet experiments "
+                                         "(on a world) in one command (resumable)",
                        description="Reproduce published results end to end.")
     rsub = p.add_subparsers(dest="target", metavar="TARGET")
     rsub.required = True

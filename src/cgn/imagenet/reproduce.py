@@ -72,8 +72,10 @@ class WorldReproduceConfig:
         "help": "backbone of the classifiers (none: the preset's, resnet18; tiny: a CPU test net)"})
     cgn_episodes: int | None = field(default=None, metadata={
         "help": "episodes of the CGN with all losses (none: the preset's, 300)"})
-    cgn_batch_size: int | None = field(default=None, metadata={"help": "CGN samples per micro-step (none: the preset's)"})
-    cgn_batch_acc: int | None = field(default=None, metadata={"help": "CGN micro-steps per episode (none: the preset's)"})
+    cgn_batch_size: int | None = field(default=None, metadata={
+        "help": "CGN samples per micro-step (none: the preset's)"})
+    cgn_batch_acc: int | None = field(default=None, metadata={
+        "help": "CGN micro-steps per episode (none: the preset's)"})
     ablations: list[Literal["shape", "text", "bg", "rec"]] = field(
         default_factory=lambda: list(ABLATION_NAMES), metadata={
             "help": "losses to ablate, one CGN each (cgn imagenet train --ablate X); empty: none"})
@@ -123,8 +125,8 @@ class WorldReproduceConfig:
 # Every stage tiny, through the real code: the test of the command (tests/test_reproduce_imagenet.py).
 QUICK = {"n_train": 64, "n_test": 32, "biggan_preset": "biggan-tiny", "u2net_preset": "u2net-tiny",
          "judges_preset": "judges-tiny", "cgn_episodes": 2, "cgn_batch_size": 2, "cgn_batch_acc": 1,
-         "ablation_episodes": 1, "n_counterfactuals": 32, "epochs": 1, "classifier_arch": "tiny", "eval_samples": 20,
-         "lime_images": 1, "lime_samples": 10}
+         "ablation_episodes": 1, "n_counterfactuals": 32, "epochs": 1, "classifier_arch": "tiny",
+         "eval_samples": 20, "lime_images": 1, "lime_samples": 10}
 
 
 def quick_config(**overrides) -> WorldReproduceConfig:
@@ -215,39 +217,6 @@ class WorldReproduction:
     def inception(self):
         from cgn.imagenet.world_judges import WorldInception
         return WorldInception(self.judge("world_classifier"))
-
-    # -- GAN and U2-Net checks ---------------------------------------------------------------------
-    def gan_check(self) -> dict:
-        from cgn.core.metrics import calc_metric
-        from cgn.imagenet.biggan import BigGAN
-        from cgn.imagenet.quality import class_probabilities, inception_score
-        from cgn.imagenet.u2net import U2Net
-        from cgn.imagenet.world_metrics import gan_samples
-        from cgn.imagenet.world_quality import evaluate_world_split
-        cfg, n = self.cfg, self.cfg.eval_samples
-        g = BigGAN.from_pretrained(self.stand_ins["biggan"]).eval()
-        s = gan_samples(g, n, seed=cfg.seed, truncation=cfg.gan_truncation)
-        u2 = U2Net.from_pretrained(self.stand_ins["u2net"])
-        acc = calc_metric("gan_class_accuracy", world_classifier=self.judge("world_classifier"), **s)
-        shape = calc_metric("gan_shape_accuracy", u2net=u2, shape_judge=self.judge("shape_judge"), **s)
-        x = (s["gan_images"] + 1) / 2
-        probs = class_probabilities((x[a:a + 100] for a in range(0, n, 100)), self.inception(),
-                                    total=-(-n // 100))
-        is_gan = inception_score(probs)
-        real = evaluate_world_split(f"{self.world}:test", classifier=self.inception(),
-                                    metrics=["inception_score"], limit=n)
-        return {"class_accuracy": acc, "shape_accuracy": shape, "inception_score": is_gan[0],
-                "inception_score_std": is_gan[1], "real_inception_score": real.inception_score[0],
-                "real_inception_score_std": real.inception_score[1], "n": n, "real_n": real.n_images,
-                "truncation": cfg.gan_truncation}
-
-    def u2net_iou(self) -> dict:
-        from cgn.core.metrics import calc_metric
-        from cgn.imagenet.saliency import MaskedImages, load_masked_split
-        from cgn.imagenet.u2net import U2Net
-        images, masks = load_masked_split(self.world / "test.npz")
-        return calc_metric("mask_iou", model=U2Net.from_pretrained(self.stand_ins["u2net"]),
-                           mask_set=MaskedImages(images, masks, self.cfg.resolution), batch_size=256)
 
     # -- CGNs --------------------------------------------------------------------------------------
     def cgn_dir(self, name: str) -> Path:
@@ -373,8 +342,8 @@ class WorldReproduction:
         # stand-in training is timed apart (pretrain_time_s); the world's build counts
         self.session = (time.strftime("%Y-%m-%dT%H:%M:%S"), time.perf_counter() - world_s)
         self.tick()
-        self.stage("gan", self.gan_check)
-        self.stage("u2net", self.u2net_iou)
+        self.stage("gan", lambda: si.gan_check(self))
+        self.stage("u2net", lambda: si.u2net_iou(self))
         workers = min(self.cfg.jobs, len(self.tasks()))
         if workers <= 1:
             for task in self.tasks():
@@ -393,6 +362,7 @@ class WorldReproduction:
 
         def on_done(task: str, _result, error: BaseException | None) -> None:
             self.log(f"[{task}] " + ("finished" if error is None else f"failed: {error}"))
+            self.tick()
 
         share_with_children(self.out)  # the workers write into this run under its lock
         run_in_workers(_run_task_in_worker, {t: (self.cfg, str(self.out), self.command, self.stand_ins, t)

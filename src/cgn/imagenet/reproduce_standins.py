@@ -1,4 +1,4 @@
-"""The world and the stand-ins of ``cgn reproduce imagenet``.
+"""The world, the stand-ins and their checks in ``cgn reproduce imagenet``.
 
 The world is the default Wildlife MNIST world, built into ``RUN/world``, or a built world folder.
 The stand-ins (BigGAN-deep, U2-Net, the four judges) are either given by path or trained with
@@ -37,9 +37,9 @@ def check_inputs(cfg, out: Path) -> Path:
     from cgn.imagenet.world import WORLDS
     from cgn.imagenet.world_data import read_manifest
     if cfg.world in WORLDS:
-        world = out / "world"
+        world = (out / "world").resolve()
     elif Path(cfg.world).expanduser().is_dir():
-        world = Path(cfg.world).expanduser()
+        world = Path(cfg.world).expanduser().resolve()
         m = read_manifest(world)
         if int(m["size"]) != cfg.resolution:
             raise CGNError(f"world {world} is {m['size']} px but --resolution is {cfg.resolution}; "
@@ -184,3 +184,41 @@ def ensure_stand_ins(rep) -> dict:
     secs = out["train_seconds"].values()
     out["pretrain_time_s"] = None if None in secs else round(sum(secs), 1)
     return out
+
+
+# -- the stand-ins' checks ----------------------------------------------------------------------
+def gan_check(rep) -> dict:
+    """The BigGAN stand-in: class accuracy (world classifier), shape accuracy (its U2-Net masks
+    read by the shape judge), IS of its samples and of the real test split (world classifier)."""
+    from cgn.core.metrics import calc_metric
+    from cgn.imagenet.biggan import BigGAN
+    from cgn.imagenet.quality import class_probabilities, inception_score
+    from cgn.imagenet.u2net import U2Net
+    from cgn.imagenet.world_metrics import gan_samples
+    from cgn.imagenet.world_quality import evaluate_world_split
+    cfg, n = rep.cfg, rep.cfg.eval_samples
+    g = BigGAN.from_pretrained(rep.stand_ins["biggan"]).eval()
+    s = gan_samples(g, n, seed=cfg.seed, truncation=cfg.gan_truncation)
+    u2 = U2Net.from_pretrained(rep.stand_ins["u2net"])
+    acc = calc_metric("gan_class_accuracy", world_classifier=rep.judge("world_classifier"), **s)
+    shape = calc_metric("gan_shape_accuracy", u2net=u2, shape_judge=rep.judge("shape_judge"), **s)
+    x = (s["gan_images"] + 1) / 2
+    probs = class_probabilities((x[a:a + 100] for a in range(0, n, 100)), rep.inception(),
+                                total=-(-n // 100))
+    is_gan = inception_score(probs)
+    real = evaluate_world_split(f"{rep.world}:test", classifier=rep.inception(),
+                                metrics=["inception_score"], limit=n)
+    return {"class_accuracy": acc, "shape_accuracy": shape, "inception_score": is_gan[0],
+            "inception_score_std": is_gan[1], "real_inception_score": real.inception_score[0],
+            "real_inception_score_std": real.inception_score[1], "n": n, "real_n": real.n_images,
+            "truncation": cfg.gan_truncation}
+
+
+def u2net_iou(rep) -> dict:
+    """The U2-Net stand-in's mean IoU and MAE against the test split's ground-truth masks."""
+    from cgn.core.metrics import calc_metric
+    from cgn.imagenet.saliency import MaskedImages, load_masked_split
+    from cgn.imagenet.u2net import U2Net
+    images, masks = load_masked_split(rep.world / "test.npz")
+    return calc_metric("mask_iou", model=U2Net.from_pretrained(rep.stand_ins["u2net"]),
+                       mask_set=MaskedImages(images, masks, rep.cfg.resolution), batch_size=256)
