@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from pathlib import Path
 
 from cgn.config import override, to_dict
@@ -79,6 +80,8 @@ def ensure_world(rep) -> dict:
                 return m
         except CGNError:
             pass
+        if rep.world.is_dir():  # the run's own folder, its build cut short: start it again
+            shutil.rmtree(rep.world)
         rep.log(f"world: building {cfg.world} at {cfg.resolution} px into {rep.world}")
         spec = WorldSpec(world=cfg.world, size=cfg.resolution, textures=cfg.textures,
                          n_train=cfg.n_train, n_test=cfg.n_test)
