@@ -89,6 +89,17 @@ FLAGS: dict[str, Flag] = {path: flag if isinstance(flag, Flag) else Flag(flag) f
     # the world's judges (imagenet pretrain judges)
     "world": Flag("--world", "DIR"), "width": "--width", "epoch_images": Flag("--epoch-images", "N"),
     "limit_train": Flag("--limit-train", "N"), "limit_test": Flag("--limit-test", "N"),
+    # the ImageNet reproduction on a world (reproduce imagenet)
+    "resolution": "--resolution", "n_train": Flag("--n-train", "N"), "n_test": Flag("--n-test", "N"),
+    "biggan": Flag("--biggan", "DIR"), "u2net": Flag("--u2net", "FILE"), "judges": Flag("--judges", "DIR"),
+    "biggan_preset": "--biggan-preset", "u2net_preset": "--u2net-preset",
+    "judges_preset": "--judges-preset", "cgn_preset": "--cgn-preset",
+    "classifier_preset": "--classifier-preset", "classifier_arch": "--classifier-arch", "cgn_episodes": "--cgn-episodes",
+    "cgn_batch_size": "--cgn-batch-size", "cgn_batch_acc": "--cgn-batch-acc",
+    "ablations": Flag("--ablations", "NAME,..."), "ablation_episodes": "--ablation-episodes",
+    "eval_samples": Flag("--eval-samples", "N"), "gan_truncation": "--gan-truncation",
+    "lime_images": Flag("--lime-images", "N"), "lime_samples": Flag("--lime-samples", "N"),
+    "results": Flag("--results", "DIR"),
 }.items()}
 
 DEST = "config:"  # namespace attribute of a config option: DEST + field path

@@ -1,4 +1,5 @@
-"""``cgn reproduce mnist``: CGNs, counterfactual sets, classifiers and the paper's table."""
+"""``cgn reproduce mnist``: CGNs, counterfactual sets, classifiers and the paper's table;
+``cgn reproduce imagenet``: the ImageNet experiments on a world (cgn.imagenet.reproduce)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ FIELDS = ["datasets", "n_counterfactuals", "cf_ratio", "train_sets", "epochs", "
 
 def register(sub: argparse._SubParsersAction) -> None:
     from cgn.mnist.reproduce import QUICK, ReproduceConfig
-    p = sub.add_parser("reproduce", help="reproduce the paper's MNIST table in one command (resumable)",
+    p = sub.add_parser("reproduce", help="reproduce the paper's MNIST table or its ImageNet experiments "
+                                         "(on a world) in one command (resumable)",
                        description="Reproduce published results end to end.")
     rsub = p.add_subparsers(dest="target", metavar="TARGET")
     rsub.required = True
@@ -39,6 +41,46 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="run directory (tables, CGNs, counterfactual sets, classifiers)")
     cliargs.add_config_options(m, "data_seed=1")
     m.set_defaults(func=run)
+    _register_imagenet(rsub)
+
+
+def _register_imagenet(rsub) -> None:
+    import dataclasses
+
+    from cgn.imagenet.reproduce import QUICK, WorldReproduceConfig
+    i = rsub.add_parser(
+        "imagenet", help="the ImageNet experiments on a world: stand-ins, CGN + ablation, classifiers",
+        description="The ImageNet half of the paper on a world with ground truth (docs/world.md, "
+                    "\"One command\"): build the world, train (or reuse from $CGN_HOME) the BigGAN, "
+                    "U2-Net and judge stand-ins, check the GAN and the U2-Net, train the CGN and its "
+                    "loss ablation, evaluate the mechanisms, IS and mu_mask, generate counterfactuals, "
+                    "train the classifier ensemble without and with them, evaluate top-1, shape bias "
+                    "and the BG-gap, explain both with LIME, and write tables, figures and "
+                    "summary.json. Rerun the same command to resume (--jobs, --threads and "
+                    "--results may change). --jobs N runs the independent chains at once.")
+    cliargs.add_fields(i, WorldReproduceConfig, [f.name for f in dataclasses.fields(WorldReproduceConfig)])
+    quick = ", ".join(f"{k}={cliargs.show(v)}" for k, v in QUICK.items())
+    i.add_argument("--quick", action="store_true",
+                   help=f"every stage tiny, through the real code (the test of the command): {quick} "
+                        "(explicit options still apply)")
+    i.add_argument("--out", required=True, metavar="RUN_DIR",
+                   help="run directory (world, CGNs, counterfactuals, classifiers, tables, figures)")
+    cliargs.add_config_options(i, "eval_samples=5000")
+    i.set_defaults(func=run_imagenet)
+
+
+def run_imagenet(args) -> int:
+    import json
+
+    from cgn.config import from_dict
+    from cgn.imagenet.reproduce import QUICK, WorldReproduceConfig, WorldReproduction, command_line
+    cfg = cliargs.resolve(args, WorldReproduceConfig,
+                          lambda: from_dict(WorldReproduceConfig, QUICK if args.quick else {}))
+    rep = WorldReproduction(cfg, args.out, command_line(args.argv))
+    summary = rep.run_all()
+    print((rep.out / "claims.md").read_text())
+    print(json.dumps({k: summary[k] for k in ("gan", "u2net", "cgn", "wall_time_s", "pretrain_time_s")}))
+    return 0
 
 
 def run(args) -> int:

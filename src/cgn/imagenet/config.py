@@ -151,6 +151,9 @@ class TrainConfig:
     seed: int = field(default=0, metadata={"help": "seed of classes, noise and texture patches"})
     save_every: int = field(default=1, metadata={"help": "checkpoint every n episodes"})
     sample_every: int = field(default=1, metadata={"help": "sample sheet every n episodes"})
+    keep_every: int = field(default=0, metadata={"resume": "free", "help":
+        "also keep a copy checkpoints/ep<episode>.pt every n episodes (0: none), e.g. to compare "
+        "with an ablation trained for fewer episodes"})
     sample_classes: list[int] = field(default_factory=list, metadata={
         "help": "classes of the sample sheets; empty = from the BigGAN: the authors' 11 ImageNet "
                 "classes for 1000 classes, else its first classes (up to 16); fixed when the run "
@@ -166,6 +169,7 @@ class TrainConfig:
         check(0 < self.truncation <= 1 and 0 < self.sample_truncation <= 1,
               "truncations must be in (0, 1]")
         check(self.save_every >= 1 and self.sample_every >= 1, "save/sample intervals must be >= 1")
+        check(self.keep_every >= 0, "keep_every must be >= 0 (0: keep no copies)")
 
 
 @dataclass

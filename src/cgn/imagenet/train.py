@@ -43,6 +43,7 @@ from cgn.imagenet.losses import LOSS_NAMES, ImageNetCGNLosses
 from cgn.imagenet.model import (CHECKPOINT_KIND, ImageNetCGN, architecture, biggan_config, build_cgn,
                                 truncated_noise)
 from cgn.imagenet.weights import default_weight_path
+from cgn.io import write_bytes_atomic
 
 
 def step_generator(seed: int, episode: int, micro: int, rank: int) -> torch.Generator:
@@ -271,8 +272,11 @@ class Trainer:
                                    for k, v in rec.items()))
                 if self.episode % t.sample_every == 0 or last:
                     self.save_sheet()
-                if self.episode % t.save_every == 0 or last or halt:
-                    self.save()
+                keep = t.keep_every > 0 and self.episode % t.keep_every == 0
+                if self.episode % t.save_every == 0 or last or halt or keep:
+                    path = self.save()
+                    if keep:  # a copy that later episodes do not overwrite
+                        write_bytes_atomic(path.with_name(f"ep{self.episode:07d}.pt"), path.read_bytes())
             self.ctx.barrier()
             if halt:
                 if self.ctx.is_main:
