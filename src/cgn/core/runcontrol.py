@@ -50,6 +50,13 @@ def threads() -> Any:
     return _field(0, THREADS_HELP, 0)
 
 
+def worker_threads() -> Any:
+    """``threads`` of a pipeline that may run its tasks in ``jobs`` worker processes
+    (``cgn reproduce``): torch CPU threads per process."""
+    return _field(0, "torch CPU threads per process (0: torch's default; with jobs > 1: the CPU "
+                     "count divided by the number of worker processes)", 0)
+
+
 def log_every(default: int = 50) -> Any:
     return _field(default, "steps between metrics.jsonl lines", 1)
 

@@ -35,6 +35,7 @@ import torch
 
 from cgn.config import check, override
 from cgn.core.lock import share_with_children
+from cgn.core import runcontrol
 from cgn.core.rundir import RunDir
 from cgn.errors import CGNError
 from cgn.io import read_json, write_json_atomic
@@ -91,9 +92,7 @@ class WorldReproduceConfig:
     lime_images: int = field(default=3, metadata={"help": "test images explained with LIME (0: none)"})
     lime_samples: int = field(default=1000, metadata={"help": "LIME perturbations per model and image"})
     seed: int = field(default=0, metadata={"help": "seed of the CGNs, samples, classifiers and LIME"})
-    threads: int = field(default=0, metadata={"resume": "free",
-        "help": "torch CPU threads per process (0: torch's default; with jobs > 1: the CPU count "
-                "divided by the workers)"})
+    threads: int = runcontrol.worker_threads()
     jobs: int = field(default=1, metadata={"resume": "free",
         "help": "run the independent chains (full CGN + its classifier, each ablation, the "
                 "baseline classifier) in up to N worker processes; may change when resuming"})

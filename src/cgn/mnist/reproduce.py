@@ -37,6 +37,7 @@ import numpy as np
 from cgn.config import check
 from cgn.core.lock import share_with_children
 from cgn.core.results import read_results, results_path
+from cgn.core import runcontrol
 from cgn.core.rundir import RunDir
 from cgn.core.workers import run_in_workers
 from cgn.errors import CGNError
@@ -105,9 +106,7 @@ class ReproduceConfig:
     # threads and jobs say how the run executes, not what it computes: a rerun may change them
     # (another thread count may change float rounding of the steps still to run, as train-cgn's
     # --resume allows).
-    threads: int = field(default=0, metadata={"resume": "free",
-        "help": "torch CPU threads per process (0: torch's default; with jobs > 1: the CPU count "
-                "divided by the number of worker processes)"})
+    threads: int = runcontrol.worker_threads()
     jobs: int = field(default=1, metadata={"resume": "free",
         "help": "run the datasets concurrently in up to N worker processes. The small MNIST models "
                 "use many cores better this way than with more threads; results equal 1 job at "
