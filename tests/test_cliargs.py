@@ -260,3 +260,42 @@ def test_one_name_for_one_meaning_across_commands():
     assert len({helps[n] for n in per_worker}) == 1
     assert {h for n, h in helps.items() if n not in per_worker} == {
         "torch CPU threads (0: torch's default) (default: 0)"}
+
+
+def test_every_command_that_computes_has_the_run_control_flags():
+    """--device and --threads wherever a command runs a model: one help text each, defaults shown."""
+    from cgn.core import runcontrol
+    threads = f"{runcontrol.THREADS_HELP} (default: 0)"
+    leaves = {name: {o: a for a in parser._actions for o in a.option_strings}
+              for name, parser in _walk(build_parser())
+              if not any(isinstance(a, argparse._SubParsersAction) for a in parser._actions)}
+    computing = {name for name, opts in leaves.items() if "--device" in opts}
+    assert {"cgn sample", "cgn classify", "cgn explain", "cgn generate", "cgn train-cgn",
+            "cgn train-classifier", "cgn imagenet train", "cgn imagenet train-classifier",
+            "cgn imagenet generate", "cgn imagenet metrics", "cgn imagenet evaluate-classifier",
+            "cgn imagenet pretrain u2net", "cgn imagenet pretrain biggan",
+            "cgn imagenet pretrain judges"} <= computing
+    for name in sorted(computing):
+        opts = leaves[name]
+        assert "--threads" in opts, f"{name} has --device but no --threads"
+        if not name.startswith("cgn reproduce"):  # there: threads per worker process
+            assert opts["--threads"].help == threads, name
+        assert opts["--device"].help.startswith(runcontrol.DEVICE_HELP + " (default: "), name
+    assert cliargs.DEVICE_HELP == runcontrol.DEVICE_HELP
+
+
+def test_help_shows_defaults_in_one_form():
+    """An option with a default says it as '(default: X)' (or '; default: X' in a list of
+    presets); no other spelling, no internal references."""
+    for name, parser in _walk(build_parser()):
+        for a in parser._actions:
+            if not a.option_strings or a.help == argparse.SUPPRESS or isinstance(
+                    a, (argparse._HelpAction, argparse._VersionAction)):
+                continue
+            text = a.help or ""
+            assert text, (name, a.option_strings)
+            assert not re.search(r"\(default [^:]|[,;] default\)|\bdefault \d", text), (name, text)
+            assert not re.search(r"\bissue\b|\bsession\b|#\d|\bhelper\b|\bTODO\b", text), (name, text)
+            shown = a.default if a.default is not argparse.SUPPRESS else None
+            if shown not in (None, False, [], ()):  # config options: SUPPRESS, shown by add_fields
+                assert "default: " in text, (name, a.option_strings[0], text)

@@ -214,3 +214,22 @@ def test_baseline_mode_and_plain_evaluation(tmp_path, cf_dir, capsys):
                  "--resize-size", "36", "--val-dir", sample, "--workers", "0"]) == 0
     plain = json.loads(capsys.readouterr().out)
     assert plain["real/n"] == 60 and plain["real/avg/top1"] == plain["real/shape/top1"]
+
+
+def test_threads_recorded_and_free_on_resume(tmp_path, capsys):
+    """--threads is a run-control field: recorded in config.json, applied before the model is
+    built, and a resume may change it."""
+    sample = str(_shared("imagenet_sample_subset"))
+    run = ["train-classifier", "--out", str(tmp_path / "r"), "--preset", "smoke", "--train-dir",
+           sample, "--baseline", "--no-tensorboard"]
+    assert _cli([*run, "--max-steps", "1"]) == 0
+    capsys.readouterr()
+    assert json.loads((tmp_path / "r" / "config.json").read_text())["config"]["threads"] == 0
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert _cli([*run, "--resume", "--max-steps", "2", "--threads", "1"]) == 0
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    assert json.loads(capsys.readouterr().out)["step"] == 2

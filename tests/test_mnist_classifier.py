@@ -62,6 +62,35 @@ def test_train_resume_classify(tmp_path, capsys):
         assert abs(100 * np.mean(z["predictions"] == z["labels"]) - out["accuracy"]) < 1e-3
 
 
+def test_resume_keeps_the_stored_config(tmp_path, capsys):
+    """--resume continues the run's stored config.json: a changed --lr or --epochs is refused in
+    one line before anything runs; how it runs (--threads, --device) may change."""
+    require_mnist()
+    out = tmp_path / "run"
+    small = ["--set", "limit_test=200", "--set", "train_eval_size=200"]
+    assert _train(out, "--max-steps", "3", *small) == 0
+    capsys.readouterr()
+    before = (out / "checkpoints" / "last.pt").read_bytes()
+    for change, field in ((["--lr", "0.5"], "lr (1.0 -> 0.5)"), (["--epochs", "3"], "epochs (2 -> 3)")):
+        assert _train(out, "--resume", *small, *change) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and f"a resume may not change {field}" in err, err
+    assert (out / "checkpoints" / "last.pt").read_bytes() == before
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        # the stored config is the base: no --dataset needed; other run control is accepted
+        assert main(["train-classifier", "--out", str(out), "--resume", "--threads", "1",
+                     "--device", "cpu"]) == 0
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads)
+    capsys.readouterr()
+    res = json.loads((out / "results.json").read_text())
+    assert res["dataset"] == "double-colored-mnist" and res["epochs"] == 2
+    assert load_checkpoint(out / "checkpoints" / "last.pt")["step"] == 20  # 640 / 64 x 2 epochs
+
+
 def test_classify_errors(tmp_path, capsys):
     bad = tmp_path / "bad.npz"
     np.savez(bad, images=np.zeros((2, 28, 28), dtype=np.uint8))

@@ -149,8 +149,8 @@ def test_each_config_lets_change_what_its_command_did_before():
     assert _rules(ClassifierTrainConfig) == {
         **{k: "free" for k in ("data.train_dir", "data.val_dir", "data.cf_dir", "data.class_index",
                                "data.workers", "model.weights_file", "eval.cue_conflict_dir",
-                               "eval.in9_dir", "eval.batch_size", "device", "checkpoint_every",
-                               "log_every", "tensorboard")},
+                               "eval.in9_dir", "eval.batch_size", "device", "threads",
+                               "checkpoint_every", "log_every", "tensorboard")},
         "max_steps": "extend"}
     # precision: a set keeps the precision it started in (its manifest), so a rerun may ask for auto
     assert _rules(ReproduceConfig) == {"jobs": "free", "threads": "free", "ablation_sizes": "extend",

@@ -63,6 +63,21 @@ def test_output_contract_and_determinism(our_checkpoint, tmp_path):
         assert np.allclose(a["masks"], b["masks"], atol=1e-4)
 
 
+def test_threads(our_checkpoint, tmp_path, capsys):
+    """--threads as in every command: torch's CPU threads, set before the model is built."""
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert _sample(tmp_path, our_checkpoint, "--n", "4", "--threads", "1")[0] == 0
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    capsys.readouterr()
+    rc, out = _sample(tmp_path, our_checkpoint, "--n", "4", "--threads", "-1", name="t.npz")
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "--threads -1" in err and len(err.splitlines()) == 1 and not out.exists()
+
+
 def test_errors(our_checkpoint, shared_data, tmp_path, capsys):
     ref = shared_data / "cgn_reference" / "checkpoints" / "double_colored_mnist.pth"
     assert _sample(tmp_path, ref)[0] == 2                                    # needs --reference-format

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
 from cgn.config import check_resume, coerce, from_dict, override, to_dict
+from cgn.core import runcontrol
 from cgn.errors import CGNError
 
 
@@ -106,7 +107,7 @@ DEST = "config:"  # namespace attribute of a config option: DEST + field path
 METAVARS = {int: "N", float: "X"}
 
 # Help of options that are not config fields but recur in several commands.
-DEVICE_HELP = "auto (a GPU when there is one, else the CPU) | cpu | cuda[:N]"
+DEVICE_HELP = runcontrol.DEVICE_HELP
 RESUME_HELP = "continue the run in --out from its last checkpoint"
 RESUME_HELP_STORED = (RESUME_HELP + " (with the run's stored settings; options given may change "
                       "only the length and how it runs)")
@@ -120,6 +121,18 @@ def add_cgn_option(parser) -> None:
                              "with --reference-format")
     parser.add_argument("--reference-format", action="store_true",
                         help="the file is one of the authors' plain state dicts")
+
+
+def add_device_option(parser) -> None:
+    """``--device`` of a command without a config field for it, as a config's reads."""
+    parser.add_argument("--device", default="auto", help=f"{runcontrol.DEVICE_HELP} (default: auto)")
+
+
+def add_threads_option(parser) -> None:
+    """``--threads`` of a command without a config field for it, as a config's reads; the
+    command applies it with :func:`cgn.core.runcontrol.set_threads` before it builds a model."""
+    parser.add_argument("--threads", type=int, default=0, metavar="N",
+                        help=f"{runcontrol.THREADS_HELP} (default: 0)")
 
 
 def flag(path: str) -> Flag:

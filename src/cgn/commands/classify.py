@@ -21,28 +21,34 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "accuracy. Writes a run directory with config, metrics, checkpoint, results.json.")
     cliargs.add_fields(p, ClassifierConfig, FIELDS, required=["dataset"])
     p.add_argument("--max-steps", type=int, default=None, metavar="N",
-                   help="stop (with a checkpoint) after this many steps; --resume continues")
+                   help="stop (with a checkpoint) after this many steps; --resume continues "
+                        "(default: no limit)")
     p.add_argument("--out", required=True, metavar="RUN_DIR",
                    help="run directory (config, metrics, checkpoints, results.json)")
-    p.add_argument("--resume", action="store_true", help=cliargs.RESUME_HELP)
+    p.add_argument("--resume", action="store_true",
+                   help=cliargs.RESUME_HELP + " (with the run's stored settings; options given may "
+                        "change only --max-steps and how it runs: --device, --threads)")
     cliargs.add_config_options(p, "gamma=0.5")
     p.set_defaults(func=_train)
 
     c = sub.add_parser("classify", help="accuracy of a classifier checkpoint on an .npz of images",
                        description="Print the accuracy of a cgn train-classifier checkpoint on an "
                                    ".npz with images and labels (the cgn data build contract).")
-    c.add_argument("--checkpoint", required=True, help="a cgn train-classifier checkpoint")
+    c.add_argument("--checkpoint", required=True, metavar="FILE",
+                   help="a cgn train-classifier checkpoint (or its run directory)")
     c.add_argument("--images", required=True, metavar="FILE.npz",
                    help="uint8 images [N, 32, 32, 3] (and labels), as cgn data build writes them")
     c.add_argument("--predictions", default=None, metavar="OUT.npz",
                    help="also write the predictions (with the input's labels, fg_class, bg_class)")
-    c.add_argument("--device", default="auto", help=cliargs.DEVICE_HELP)
+    cliargs.add_device_option(c)
+    cliargs.add_threads_option(c)
     c.set_defaults(func=_classify)
 
 
 def _train(args) -> int:
     from cgn.mnist.classify import ClassifierConfig, train_classifier
-    cfg = cliargs.resolve(args, ClassifierConfig, required=["dataset"])
+    # --resume continues the stored config: a changed setting other than how it runs is refused
+    cfg = cliargs.resolve_or_resume(args, ClassifierConfig, args.out, required=["dataset"])
     result = train_classifier(cfg, args.out, resume=args.resume, max_steps=args.max_steps)
     if "interrupted_at_step" in result:
         print(json.dumps(result))
@@ -54,11 +60,13 @@ def _train(args) -> int:
 def _classify(args) -> int:
     import numpy as np
 
+    from cgn.core import runcontrol
     from cgn.core.device import resolve_device
     from cgn.errors import warn
     from cgn.io import save_npz_atomic
     from cgn.mnist.classify import load_classifier, predict_file
 
+    runcontrol.set_threads(args.threads)
     device = resolve_device(args.device)
     model, _ = load_classifier(args.checkpoint, device)
     z = _load_images(args.images)

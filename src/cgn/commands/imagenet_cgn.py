@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from cgn import cliargs
+from cgn.core import runcontrol
 from cgn.io import read_json
 from cgn.errors import CGNError
 
@@ -45,13 +46,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--preset", default="imagenet-256", choices=list(known),
                    help="imagenet-256 (the paper), world-32-cgn (the recipe on a 32-px world, from "
                         "its stand-ins) or tiny (CPU check) (default: imagenet-256)")
-    t.add_argument("--out", required=True, help="run directory")
+    t.add_argument("--out", required=True, metavar="RUN_DIR",
+                   help="run directory (config, logs, checkpoints, sample sheets)")
     t.add_argument("--resume", action="store_true", help=cliargs.RESUME_HELP)
     notes = {path: f"the file of cgn download {WEIGHT_ASSETS[kind][0]} when present"
              for kind, path in WEIGHT_FIELDS.items() if kind != "cgn"}
     cliargs.add_fields(t, ImageNetCGNConfig, WEIGHT_FIELDS.values(), defaults=defaults,
                        notes=notes)
-    t.add_argument("--weights-dir", help="download root holding weights/ (default: $CGN_HOME)")
+    t.add_argument("--weights-dir", metavar="DIR",
+                   help="download root holding weights/ (default: $CGN_HOME)")
     t.add_argument("--random-init", action="store_true",
                    help="no pretrained BigGAN/U2-Net: random weights (pipeline checks only)")
     t.add_argument("--ablate", choices=list(ABLATIONS),
@@ -59,7 +62,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "or L_rec (L1 and perceptual); sets their weights to 0")
     cliargs.add_fields(t, ImageNetCGNConfig, TRAIN_FIELDS, defaults=defaults)
     cliargs.add_config_options(t, "optim.lr_shape=1e-5")
-    t.add_argument("--device", default="auto", help=cliargs.DEVICE_HELP)
+    cliargs.add_device_option(t)
+    cliargs.add_threads_option(t)
     t.add_argument("--quiet", action="store_true", help="no progress output")
     t.set_defaults(func=_train)
 
@@ -67,34 +71,41 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Generate from an ImageNet CGN: counterfactual datasets "
                                    "(random or fixed classes, regenerable from their labels.csv), "
                                    "interpolation sheets between classes and GIFs.")
-    g.add_argument("--cgn", help="CGN weights: our checkpoint (last.pt) or the authors' cgn.pth "
-                                 "(default: the downloaded cgn-imagenet)")
-    g.add_argument("--out", required=True, help="output folder")
+    g.add_argument("--cgn", metavar="FILE",
+                   help="CGN weights: our checkpoint (last.pt) or the authors' cgn.pth (default: "
+                        "the downloaded cgn-imagenet)")
+    g.add_argument("--out", required=True, metavar="DIR", help="output folder")
     g.add_argument("--mode", required=True, choices=["random", "fixed", "interp", "gif"],
                    help="random: random classes per image; fixed: the --classes for every image; "
                         "interp: an interpolation sheet; gif: a chain of interpolations")
     g.add_argument("--split", default="train", choices=["train", "val"],
                    help="dataset split folder to write (default: train)")
-    g.add_argument("--n", type=int, default=16, help="images to generate (random / fixed; default 16)")
-    g.add_argument("--seed", type=int, default=0, help="seed of classes and noise (default 0)")
-    g.add_argument("--truncation", type=float, default=0.5,
-                   help="noise truncation in (0, 1] (default 0.5)")
+    g.add_argument("--n", type=int, default=16, metavar="N",
+                   help="images to generate (random / fixed) (default: 16)")
+    g.add_argument("--seed", type=int, default=0, metavar="N",
+                   help="seed of classes and noise (default: 0)")
+    g.add_argument("--truncation", type=float, default=0.5, metavar="X",
+                   help="noise truncation in (0, 1] (default: 0.5)")
     g.add_argument("--classes", type=int, nargs=3, metavar=("SHAPE", "TEXTURE", "BACKGROUND"),
                    help="classes of the three mechanisms (ImageNet indices, or a world's classes)")
-    g.add_argument("--batch-size", type=int, default=1,
-                   help="images per forward pass (1: regeneration from the CSV is bit-identical)")
+    g.add_argument("--batch-size", type=int, default=1, metavar="N",
+                   help="images per forward pass; with 1, regeneration from labels.csv is "
+                        "bit-identical (default: 1)")
     g.add_argument("--save-masks", action="store_true", help="also write masks/ (for mu_mask)")
     g.add_argument("--interp", choices=["shape", "texture", "background", "all"], default="all",
                    help="interp: the mechanism(s) to interpolate (default: all)")
-    g.add_argument("--to", type=int, help="class to interpolate to")
-    g.add_argument("--midpoints", type=int, default=6,
-                   help="interpolation steps between the two classes (default 6)")
+    g.add_argument("--to", type=int, metavar="CLASS", help="interp: the class to interpolate to")
+    g.add_argument("--midpoints", type=int, default=6, metavar="N",
+                   help="interpolation steps between the two classes (default: 6)")
     g.add_argument("--gif", action="store_true", help="interp: also write the frames as a GIF")
     g.add_argument("--steps", nargs="+", metavar="MECH:CLASS",
                    help="gif: chain of interpolations, e.g. texture:293 background:147 shape:330 all:992")
-    g.add_argument("--frame-ms", type=int, default=40, help="GIF frame duration in ms (default 40)")
-    g.add_argument("--noise", help="(1, z) noise file for interp/gif (default: seeded from --seed)")
-    g.add_argument("--device", default="auto", help=cliargs.DEVICE_HELP)
+    g.add_argument("--frame-ms", type=int, default=40, metavar="MS",
+                   help="GIF frame duration in ms (default: 40)")
+    g.add_argument("--noise", metavar="FILE",
+                   help="(1, z) noise file for interp/gif (default: seeded from --seed)")
+    cliargs.add_device_option(g)
+    cliargs.add_threads_option(g)
     g.set_defaults(func=_generate)
 
     m = sub.add_parser("metrics", help="Inception Score, FID and mu_mask of a folder of generated images",
@@ -102,7 +113,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "generated images, as in the paper's Table 2, and FID against "
                                    "a folder of real images or its cached statistics.")
     src = m.add_mutually_exclusive_group(required=True)
-    src.add_argument("--folder", help="generated images (e.g. DIR/train; masks/ inside)")
+    src.add_argument("--folder", metavar="DIR", help="generated images (e.g. DIR/train; masks/ inside)")
     src.add_argument("--world-split", metavar="DIR:SPLIT",
                      help="instead of a folder, the real images and masks of a world split (e.g. "
                           "worlds/wl32:test; cgn imagenet world build)")
@@ -115,24 +126,28 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "Inception-v3 (cgn download inception-v3; other numbers), or world: a "
                         "world's classifier (--classifier RUN/world_classifier.pt of cgn imagenet "
                         "pretrain judges) (default: tf)")
-    m.add_argument("--classifier", default="auto",
+    m.add_argument("--classifier", default="auto", metavar="WEIGHTS",
                    help="weights of the chosen --inception: auto (its file in $CGN_HOME/weights or "
                         "the torch hub cache) | random (pipeline checks only) | PATH; --inception "
                         "world: the world classifier's file (default: auto)")
-    m.add_argument("--allow-download", "--download", dest="download", action="store_true",
+    m.add_argument("--allow-download", dest="download", action="store_true",
                    help="allow downloading the Inception weights")
+    m.add_argument("--download", dest="download", action="store_true",
+                   help=argparse.SUPPRESS)  # the older spelling, hidden as elsewhere
     m.add_argument("--fid-reference", metavar="DIR_OR_NPZ",
                    help="FID reference: a folder of real images, an .npz of their statistics, or "
                         "a world split DIR:SPLIT")
     m.add_argument("--save-reference-stats", metavar="NPZ",
                    help="write the reference statistics (mu, sigma, n, network) to this .npz, to "
                         "pass as --fid-reference next time")
-    m.add_argument("--splits", type=int, default=10,
-                   help="Inception Score: splits the images are scored in (default 10)")
-    m.add_argument("--limit", type=int, help="use the first N images")
-    m.add_argument("--batch-size", type=int, default=50, help="images per forward pass (default 50)")
-    m.add_argument("--device", default="auto", help=cliargs.DEVICE_HELP)
-    m.add_argument("--json", help="also write the result to this file")
+    m.add_argument("--splits", type=int, default=10, metavar="N",
+                   help="Inception Score: splits the images are scored in (default: 10)")
+    m.add_argument("--limit", type=int, metavar="N", help="use the first N images (default: all)")
+    m.add_argument("--batch-size", type=int, default=50, metavar="N",
+                   help="images per forward pass (default: 50)")
+    cliargs.add_device_option(m)
+    cliargs.add_threads_option(m)
+    m.add_argument("--json", metavar="FILE", help="also write the result to this file")
     m.set_defaults(func=_metrics)
 
 
@@ -145,6 +160,7 @@ def _train(args: argparse.Namespace) -> int:
     from cgn.imagenet.weights import resolve_weight
     from cgn.presets import preset
 
+    runcontrol.set_threads(args.threads)
     values = cliargs.given(args)
     resume_only = args.resume and (Path(args.out) / "checkpoints" / "last.pt").is_file()
     if resume_only:
@@ -215,6 +231,7 @@ def _generate(args: argparse.Namespace) -> int:
     from cgn.imagenet.train import save_png
     from cgn.imagenet.weights import resolve_weight
 
+    runcontrol.set_threads(args.threads)
     cgn_path = resolve_weight(args.cgn, "cgn", required=True)
     device = resolve_device(args.device)
     if not 0 < args.truncation <= 1:
@@ -262,6 +279,7 @@ def _metrics(args: argparse.Namespace) -> int:
     from cgn.imagenet.quality import evaluate_folder, load_extractor, needs_classifier
     from cgn.io import write_json_atomic
 
+    runcontrol.set_threads(args.threads)
     device = resolve_device(args.device)
     metrics = args.metrics or ["inception_score", "mu_mask"] + (["fid"] if args.fid_reference else [])
     if args.save_reference_stats and not args.fid_reference:

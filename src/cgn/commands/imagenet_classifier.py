@@ -11,14 +11,15 @@ import sys
 from pathlib import Path
 
 from cgn import cliargs
+from cgn.core import runcontrol
 from cgn.errors import CGNError
 
 DATA_FIELDS = ["data.val_dir", "data.cf_dir", "data.class_index", "eval.cue_conflict_dir",
                "eval.in9_dir", "data.image_size", "data.resize_size", "data.workers",
                "eval.batch_size"]
 MODEL_FIELDS = ["model.arch", "model.pretrained", "model.weights_file", "optim.epochs",
-                "optim.batch_size", "optim.lr", "seed", "device", "max_steps", "checkpoint_every",
-                "log_every", "tensorboard"]
+                "optim.batch_size", "optim.lr", "seed", "device", "threads", "max_steps",
+                "checkpoint_every", "log_every", "tensorboard"]
 # options given as paths are made absolute (the run directory records where its data lives)
 _PATHS = {"data.train_dir", "data.val_dir", "data.cf_dir", "data.class_index",
           "model.weights_file", "eval.cue_conflict_dir", "eval.in9_dir"}
@@ -48,13 +49,16 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "counterfactual ImageNet images, evaluating it as it goes. "
                                    "Multi-GPU: start the same command with torchrun "
                                    "--nproc_per_node=N -m cgn imagenet ...")
-    p.add_argument("--out", required=True, help="run directory (config, logs, checkpoints)")
+    p.add_argument("--out", required=True, metavar="RUN_DIR",
+                   help="run directory (config, logs, checkpoints)")
     p.add_argument("--preset", default="paper", choices=list(known),
                    help="starting config (default: paper)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out exactly")
+    p.add_argument("--resume", action="store_true", help=cliargs.RESUME_HELP_STORED)
     p.add_argument("--evaluate-only", action="store_true",
                    help="evaluate the run's last checkpoint (or --checkpoint) instead of training")
-    p.add_argument("--checkpoint", help="with --evaluate-only: the checkpoint to evaluate")
+    p.add_argument("--checkpoint", metavar="FILE",
+                   help="with --evaluate-only: the checkpoint to evaluate (default: the run's "
+                        "checkpoints/last.pt)")
     _add_data_args(p, train=True, **defaults)
     g = p.add_argument_group("model and optimisation")
     cliargs.add_fields(g, ClassifierTrainConfig, MODEL_FIELDS, **defaults)
@@ -68,7 +72,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "classifier: ImageNet top-k, the counterfactual heads, shape "
                                    "bias on cue-conflict stimuli and the IN-9 background gap.")
     src = e.add_mutually_exclusive_group(required=True)
-    src.add_argument("--checkpoint", help="an ensemble checkpoint (train-classifier)")
+    src.add_argument("--checkpoint", metavar="FILE",
+                     help="an ensemble checkpoint (cgn imagenet train-classifier)")
     src.add_argument("--plain", metavar="ARCH", help="a plain torchvision classifier instead")
     checkpoint = {"template": "the checkpoint's; with --plain: {}"}
     cliargs.add_fields(e, ClassifierTrainConfig, ["model.weights_file", "model.pretrained"],
@@ -84,7 +89,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                                      "--world: of world_top1, world_shape_bias, world_in9")
     cliargs.add_fields(e, ClassifierTrainConfig,
                        ["eval.exclude_same_category", "eval.in9_normalization", "device"], **checkpoint)
-    e.add_argument("--out", help="also write the metrics to this JSON file")
+    cliargs.add_threads_option(e)
+    e.add_argument("--out", metavar="FILE", help="also write the metrics to this JSON file")
     cliargs.add_config_options(e, "eval.in9_variants=original,mixed_rand", config_file=False)
     e.set_defaults(func=_evaluate)
 
@@ -117,6 +123,7 @@ def _train(args: argparse.Namespace) -> int:
         ckpt = Path(args.checkpoint) if args.checkpoint else out / "checkpoints" / "last.pt"
         model, cfg = load_classifier(ckpt)
         cfg = cliargs.apply(cfg, args, ov)
+        runcontrol.set_threads(cfg.threads)
         dist = init_distributed(cfg.device)
         try:
             res = evaluate_model(model, cfg, dist=dist)
@@ -151,6 +158,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from cgn.imagenet.ensemble import weights_arg
     from cgn.io import write_json_atomic
 
+    runcontrol.set_threads(args.threads)
     ov = _overrides(args)
     if args.checkpoint:
         model, cfg = load_classifier(args.checkpoint)

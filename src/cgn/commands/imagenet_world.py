@@ -22,25 +22,25 @@ def register(sub: argparse._SubParsersAction) -> None:
                                     "shape class, fg_class = texture class, bg_class = background "
                                     "class, masks) and world.json.")
     b.add_argument("--world", default=WORLDS[0], metavar="NAME|TRAIN.npz",
-                   help=f"{', '.join(WORLDS)} (default), or your own train .npz in the "
-                        "cgn data build contract plus masks (then also --test)")
+                   help=f"{', '.join(WORLDS)}, or your own train .npz in the cgn data build "
+                        f"contract plus masks (then also --test) (default: {WORLDS[0]})")
     b.add_argument("--test", metavar="TEST.npz", help="your own world's test .npz (same contract)")
     b.add_argument("--size", type=int, choices=SIZES,
-                   help="wildlife-mnist image size (default 32); an npz world keeps its size")
-    b.add_argument("--seed", type=int, default=0, help="seed of every draw (default 0)")
+                   help="wildlife-mnist image size; an npz world keeps its size (default: 32)")
+    b.add_argument("--seed", type=int, default=0, help="seed of every draw (default: 0)")
     b.add_argument("--textures", metavar="DIR",
                    help="wildlife texture folder (object/<c>_*.jpg, background/<c>_*.jpg); "
                         "default: the built-in procedural set")
     b.add_argument("--n-train", type=int, default=0, metavar="N",
-                   help="keep the first N training images (default 0 = all)")
+                   help="keep the first N training images (0 = all) (default: 0)")
     b.add_argument("--n-test", type=int, default=0, metavar="N",
                    help="keep the first N test images; the evaluation splits are built from "
-                        "them (default 0 = all)")
+                        "them (0 = all) (default: 0)")
     b.add_argument("--n-decorrelated", type=int, default=0, metavar="N",
-                   help="images of the decorrelated split (default 0 = as many as test)")
+                   help="images of the decorrelated split (0 = as many as test) (default: 0)")
     b.add_argument("--decorrelate", type=float, default=0.0, metavar="F",
                    help="wildlife: share of training images whose texture and background classes "
-                        "are drawn at random (default 0: fully correlated, as the variant)")
+                        "are drawn at random (0: fully correlated, as the variant) (default: 0)")
     b.add_argument("--image-folders", action="store_true",
                    help="also write PNG folders DIR/folders/<split>/<class>/ (ImageNetFolder "
                         "layout, for --train-dir / --val-dir)")
@@ -53,7 +53,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                     "masks, one column per class.")
     v.add_argument("dir", metavar="DIR", help="world folder")
     v.add_argument("--out", required=True, metavar="FILE.png", help="output PNG")
-    v.add_argument("--rows", type=int, default=1, help="images per class and split (default 1)")
+    v.add_argument("--rows", type=int, default=1, help="images per class and split (default: 1)")
     v.set_defaults(func=_preview)
 
 

@@ -31,20 +31,27 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("sample", help="sample (counterfactual) images from an MNIST CGN",
                        description=cliargs.plain(__doc__), formatter_class=argparse.RawDescriptionHelpFormatter)
     cliargs.add_cgn_option(p)
-    p.add_argument("--shape", default="random", help="shape label(s): digit, list or 'random'")
-    p.add_argument("--texture", default="random", help="texture label(s), painting the foreground")
-    p.add_argument("--background", default="random", help="background label(s)")
-    p.add_argument("--n", type=int, default=100, help="number of samples (default 100)")
-    p.add_argument("--seed", type=int, default=0,
-                   help="seed of labels drawn at random and of all noise (default 0)")
-    p.add_argument("--out", required=True, help="output .npz")
-    p.add_argument("--grid", help="also write a PNG grid (composite, mask, foreground, background; <= 100 samples)")
-    p.add_argument("--batch-size", type=int, default=500, help="samples per forward pass (default 500)")
-    p.add_argument("--device", default="auto", help=cliargs.DEVICE_HELP)
+    p.add_argument("--shape", default="random", metavar="LABELS",
+                   help="shape label(s): a digit, a comma-separated list or random (default: random)")
+    p.add_argument("--texture", default="random", metavar="LABELS",
+                   help="texture label(s), painting the foreground: as --shape (default: random)")
+    p.add_argument("--background", default="random", metavar="LABELS",
+                   help="background label(s): as --shape (default: random)")
+    p.add_argument("--n", type=int, default=100, metavar="N", help="number of samples (default: 100)")
+    p.add_argument("--seed", type=int, default=0, metavar="N",
+                   help="seed of labels drawn at random and of all noise (default: 0)")
+    p.add_argument("--out", required=True, metavar="FILE.npz", help="output .npz")
+    p.add_argument("--grid", metavar="FILE.png",
+                   help="also write a PNG grid (composite, mask, foreground, background; <= 100 samples)")
+    p.add_argument("--batch-size", type=int, default=500, metavar="N",
+                   help="samples per forward pass (default: 500)")
+    cliargs.add_device_option(p)
+    cliargs.add_threads_option(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from cgn.core import runcontrol
     from cgn.core.device import resolve_device
     from cgn.core.sampling import CGNSample, choose_all_labels, iter_samples, mechanism_seeds, to_uint8
     from cgn.io import save_npz_atomic
@@ -55,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.suffix != ".npz":
         raise CGNError(f"--out {out}: the output is an .npz file; name it e.g. samples.npz")
+    runcontrol.set_threads(args.threads)
     device = resolve_device(args.device)
     model, info = load_generator(args.cgn, reference_format=args.reference_format, device=device)
     labels = choose_all_labels(args.shape, args.texture, args.background, args.n, model.n_classes,

@@ -17,6 +17,9 @@ takes the ones it has by a field declaration, so field paths and flags stay what
 
 ``checkpoint_every`` comes in two forms: ``epochs=True`` for trainers that also save at each
 epoch end (0 = only there), ``epochs=False`` for step-based ones (>= 1).
+
+:func:`set_threads` applies a ``threads`` value, a config's or a plain ``--threads`` flag's
+(:func:`cgn.cliargs.add_threads_option`), in every command that computes.
 """
 
 from __future__ import annotations
@@ -25,8 +28,9 @@ import dataclasses
 from typing import Any
 
 from cgn.config import check as _check
+from cgn.errors import CGNError
 
-DEVICE_HELP = "auto | cpu | cuda[:N]"
+DEVICE_HELP = "auto (a GPU when there is one, else the CPU) | cpu | cuda[:N]"
 THREADS_HELP = "torch CPU threads (0: torch's default)"
 _MIN = "min"  # metadata key: the field's lower bound, checked by check()
 
@@ -55,6 +59,16 @@ def worker_threads() -> Any:
     (``cgn reproduce``): torch CPU threads per process."""
     return _field(0, "torch CPU threads per process (0: torch's default; with jobs > 1: the CPU "
                      "count divided by the number of worker processes)", 0)
+
+
+def set_threads(n: int, flag: str = "--threads") -> None:
+    """Use ``n`` torch CPU threads from now on (``torch.set_num_threads``); 0 leaves torch's
+    default. Call it before the model is built. A negative ``n`` is a one-line error."""
+    if n < 0:
+        raise CGNError(f"{flag} {n}: give the number of torch CPU threads, or 0 for torch's default")
+    if n:
+        import torch
+        torch.set_num_threads(n)
 
 
 def log_every(default: int = 50) -> Any:

@@ -37,6 +37,7 @@ from pathlib import Path
 import torch
 
 from cgn.config import check_resume, from_dict, to_dict
+from cgn.core import runcontrol
 from cgn.core.batches import EpochSampler
 from cgn.core.checkpoint import load_checkpoint, load_state_dict_strict, save_checkpoint
 from cgn.core.distributed import init_distributed, shutdown_distributed
@@ -90,8 +91,7 @@ class Trainer:
         t = cfg.train
         self.ctx = init_distributed(t.device)
         self.device, self.quiet, self.out = self.ctx.device, quiet, Path(out)
-        if t.threads:
-            torch.set_num_threads(t.threads)
+        runcontrol.set_threads(t.threads)
         if not t.data:
             raise CGNError("--data FILE.npz is required: the training split (cgn data build ... --split train)")
         self.data = load_labelled_npz(t.data, t.limit_train)

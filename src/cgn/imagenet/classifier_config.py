@@ -119,6 +119,7 @@ class ClassifierTrainConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     seed: int = field(default=0, metadata={"help": "seed of initialisation, data order, augmentation"})
     device: str = runcontrol.device()
+    threads: int = runcontrol.threads()
     log_every: int = runcontrol.log_every()
     checkpoint_every: int = runcontrol.checkpoint_every(2000)
     max_steps: int = field(default=0, metadata={"help": "stop after N steps in total (0 = no limit)",

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cgn.config import to_dict
+from cgn.core import runcontrol
 from cgn.core.batches import BatchStream, ZipStream
 from cgn.core.checkpoint import load_checkpoint, load_state_dict_strict
 from cgn.core.classifier_eval import topk_correct
@@ -113,6 +114,7 @@ def train_classifier(cfg: ClassifierTrainConfig, out: str | os.PathLike, *, resu
                      dist: DistInfo | None = None) -> dict:
     """Train (or resume) the ensemble into run directory ``out``; returns the final metrics."""
     dist = dist or DistInfo()
+    runcontrol.set_threads(cfg.threads)
     seed_everything(cfg.seed)
     resuming = resume and (Path(out) / "checkpoints" / "last.pt").exists()
     # a resumed run gets its weights from the checkpoint: no download needed

@@ -332,8 +332,7 @@ class WorldReproduction:
     def run_all(self) -> dict:
         from cgn.imagenet import reproduce_standins as si
         from cgn.imagenet.reproduce_tables import lime_figures, write_outputs
-        if self.cfg.threads:
-            torch.set_num_threads(self.cfg.threads)
+        runcontrol.set_threads(self.cfg.threads)
         t0 = time.perf_counter()
         si.ensure_world(self)
         world_s = time.perf_counter() - t0

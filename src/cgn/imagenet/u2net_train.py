@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cgn.config import to_dict
+from cgn.core import runcontrol
 from cgn.core.batches import BatchStream
 from cgn.core.classifier_trainer import StepOutput, Trainer
 from cgn.core.distributed import DistInfo, init_distributed, shutdown_distributed
@@ -119,8 +120,7 @@ def train_u2net(cfg: U2NetTrainConfig, out: str | os.PathLike, *, resume: bool =
 
 def _train(cfg: U2NetTrainConfig, out: Path, resume: bool, dist: DistInfo) -> dict:
     t = cfg.train
-    if t.threads:
-        torch.set_num_threads(t.threads)
+    runcontrol.set_threads(t.threads)
     train_set, test_set = build_sets(cfg)
     seed_everything(t.seed)
     model = U2Net(U2NetConfig(arch=cfg.model.arch, align_corners=cfg.model.align_corners))

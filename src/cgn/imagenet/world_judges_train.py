@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cgn.config import check_resume, from_dict, to_dict
+from cgn.core import runcontrol
 from cgn.core.batches import BatchStream
 from cgn.core.classifier_eval import eval_loader, evaluate_counts, topk_correct
 from cgn.core.classifier_trainer import StepOutput, Trainer
@@ -91,8 +92,7 @@ def train_judges(cfg: JudgesConfig, out: str | os.PathLike, *, resume: bool = Fa
     manifest = read_manifest(cfg.world)  # a missing or damaged world fails before anything is written
     if manifest.get("world") != "npz":
         texture_set(manifest, cfg.textures or None)  # so does a wrong texture folder
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    runcontrol.set_threads(cfg.threads)
     dist = DistInfo(device=resolve_device(cfg.device))
     _open_run(cfg, out, resume)
     world = {"root": str(Path(cfg.world).resolve()), "train_sha256": manifest["splits"]["train"]["sha256"],

@@ -197,8 +197,7 @@ def train_classifier(cfg: ClassifierConfig, out: str | Path, resume: bool = Fals
     sub = np.sort(rng.choice(len(train), size=min(cfg.train_eval_size, len(train)), replace=False))
     train_eval = ArrayImages([(lambda idx: train.raw(sub[idx]), train.labels[torch.from_numpy(sub)])])
 
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    runcontrol.set_threads(cfg.threads)
     model = MnistClassifier().to(device).to(memory_format=torch.channels_last)
     opt = torch.optim.Adadelta(model.parameters(), lr=cfg.lr)
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=cfg.gamma)

@@ -39,6 +39,7 @@ import numpy as np
 import torch
 
 from cgn.config import check_resume, to_dict
+from cgn.core import runcontrol
 from cgn.core.checkpoint import load_checkpoint, save_checkpoint
 from cgn.core.device import resolve_device
 from cgn.core.losses import (STYLE_SCALE, StyleLoss, lsgan_discriminator_loss, lsgan_generator_loss,
@@ -107,8 +108,7 @@ class Trainer:
     def __init__(self, cfg: CGNTrainConfig, out: str | Path, resume: bool = False):
         self.out = Path(out)
         self.device = resolve_device(cfg.train.device)
-        if cfg.train.threads:
-            torch.set_num_threads(cfg.train.threads)
+        runcontrol.set_threads(cfg.train.threads)
         resumed = resume and (self.out / "config.json").exists()
         if resumed:
             cfg = self._check_resume_config(cfg)
