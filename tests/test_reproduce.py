@@ -15,7 +15,8 @@ ROW_KEYS = {"dataset", "cgn", "train_set", "n_counterfactuals", "train_acc", "te
 
 def _argv(out, *extra, datasets=("double-colored-mnist",)):
     return ["reproduce", "mnist", *(a for d in datasets for a in ("--dataset", d)), "--size", "60",
-            "--cf-ratio", "5", "--epochs", "1", "--limit-real", "256", "--threads", "1", "--out", str(out),
+            "--cf-ratio", "5", "--epochs", "1", "--limit-real", "256", "--limit-test", "500", "--threads", "1",
+            "--out", str(out),
             *extra]
 
 

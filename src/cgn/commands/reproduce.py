@@ -8,7 +8,8 @@ import argparse
 from cgn import cliargs
 
 FIELDS = ["datasets", "n_counterfactuals", "cf_ratio", "train_sets", "epochs", "cgn_steps", "seed",
-          "textures", "precision", "ablation_sizes", "ssim_weight", "threads", "jobs", "limit_real"]
+          "textures", "precision", "ablation_sizes", "ssim_weight", "threads", "jobs", "limit_real",
+          "limit_test"]
 
 
 def register(sub: argparse._SubParsersAction) -> None:

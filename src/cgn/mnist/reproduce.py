@@ -113,6 +113,9 @@ class ReproduceConfig:
                 "the same thread count. jobs and threads may change when resuming"})
     limit_real: int | None = field(default=None, metadata={
         "help": "use only the first N real training images (smoke tests, probes)"})
+    limit_test: int | None = field(default=None, metadata={
+        "help": "score only the first N OOD test images (smoke tests, probes; not comparable "
+                "with full-test numbers)"})
 
     def __post_init__(self):
         for d in self.datasets:
@@ -129,6 +132,7 @@ class ReproduceConfig:
         check(self.ssim_weight is None or self.ssim_weight > 0, "ssim_weight must be > 0")
         check(self.jobs >= 1, f"jobs must be >= 1, got {self.jobs}")
         check(self.threads >= 0, f"threads must be >= 0, got {self.threads}")
+        check(self.limit_test is None or self.limit_test >= 1, "limit_test must be >= 1")
         for d in self.cgn_runs:
             check(d in variants.VARIANTS, f"--cgn-run: unknown dataset {d!r}")
 
@@ -252,7 +256,8 @@ class Reproduction:
                                 generated=None if generated is None else str(generated),
                                 epochs=self.cfg.epochs, seed=self.cfg.seed, data_seed=self.cfg.data_seed,
                                 textures=self.textures(dataset),
-                                threads=self.cfg.threads, limit_real=self.cfg.limit_real)
+                                threads=self.cfg.threads, limit_real=self.cfg.limit_real,
+                                limit_test=self.cfg.limit_test)
         t0 = time.perf_counter()
         res = train_classifier(ccfg, out, resume=True)
         self.run.log(f"[{dataset}] classifier {train_set} ({kind or 'no CGN'}, n={n:,}): train "
