@@ -23,7 +23,9 @@ from cgn.mnist.model import load_generator
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("run", type=Path)
-    ap.add_argument("--checkpoint", default="final.pt", help="file in RUN/checkpoints (default final.pt)")
+    ap.add_argument("--checkpoint", default="final.pt",
+                    help="file in RUN/checkpoints (default final.pt; last.pt of a run still training "
+                         "ships an interim CGN, recorded as such)")
     ap.add_argument("--out", type=Path, default=Path(pretrained.__file__).with_name("weights"))
     a = ap.parse_args()
     res = read_results(a.run) or {}
@@ -34,9 +36,15 @@ def main() -> None:
     argv = list(env.get("argv", []))[1:]
     if "--out" in argv:  # the run's own folder is a path of the training machine
         argv[argv.index("--out") + 1] = f"runs/{a.run.name}"
+    import torch
+    step = int(torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)["step"])
+    total = cfg["config"]["train"].get("max_steps")
     record = {"command": " ".join(["cgn", *argv]),
-              "environment": {k: env.get(k) for k in ("cgn", "torch", "python", "cpu_count", "started")}, "steps": res.get("steps"), "epochs": res.get("epochs"),
-              "feature_extractor": res.get("feature_extractor"), "precision": res.get("precision"),
+              "environment": {k: env.get(k) for k in ("cgn", "torch", "python", "cpu_count", "started")}, "steps": step, "epochs": res.get("epochs"),
+              # a checkpoint of a run still training (no results.json yet): say so
+              "interim": None if res else f"checkpoint at step {step:,} of a {total:,}-step run",
+              "feature_extractor": res.get("feature_extractor") or cfg["config"].get("resolved", {}).get("feature_extractor"),
+              "precision": res.get("precision"),
               "shape_accuracy": res.get("shape_accuracy"), "mask_mean": res.get("mask_mean"),
               "train_seconds": res.get("train_seconds"),
               "checkpoint": a.checkpoint}
@@ -44,7 +52,6 @@ def main() -> None:
     out = a.out / f"{dataset}.pt"
     info = pretrained.export_weights(ckpt, out, provenance=record)
     # how far the float16 weights move the images (same labels and seeds, 1,000 counterfactuals)
-    import torch
     full, _ = load_generator(ckpt)
     small, _ = load_generator(out)
     y = torch.arange(1000) % 10

@@ -163,3 +163,27 @@ def test_reproduce_jobs_parallel_equals_serial_and_resumes(tmp_path, capsys):
     assert err[-1] == f"cgn: error: --cgn-run colored-mnist={cgn_run} holds a double-colored-mnist CGN"
     assert rows(fail) == rows(serial)[1:]
     assert "[colored-mnist] failed: --cgn-run" in (fail / "log.txt").read_text()
+
+
+def test_quick_takes_the_shipped_cgn_and_train_cgn_trains_one(tmp_path, capsys):
+    """The README's main job uses the shipped colored CGN; --train-cgn trains one instead (with
+    --quick for QUICK_CGN_STEPS steps unless --cgn-steps says otherwise)."""
+    from cgn.cli import build_parser
+    from cgn.commands.reproduce import resolve_config
+    from cgn.mnist.pretrained import shipped_path
+    from cgn.mnist.reproduce import QUICK_CGN_STEPS
+    p = build_parser()
+    quick = resolve_config(p.parse_args(["reproduce", "mnist", "--quick", "--out", "x"]))
+    assert quick.cgn == "pretrained" and quick.datasets == ["colored-mnist"]
+    shipped_path("colored-mnist")  # the file it takes is in the package, its digest verified
+    trained = resolve_config(p.parse_args(["reproduce", "mnist", "--quick", "--train-cgn", "--out", "x"]))
+    assert trained.cgn == "trained" and trained.cgn_steps == QUICK_CGN_STEPS
+    assert trained.n_counterfactuals == quick.n_counterfactuals and trained.epochs == quick.epochs
+    longer = resolve_config(p.parse_args(["reproduce", "mnist", "--quick", "--train-cgn", "--cgn-steps", "9",
+                                          "--out", "x"]))
+    assert longer.cgn_steps == 9
+    plain = resolve_config(p.parse_args(["reproduce", "mnist", "--train-cgn", "--out", "x"]))
+    assert plain.cgn == "trained" and plain.cgn_steps is None  # the recipe's steps
+    assert main(["reproduce", "mnist", "--train-cgn", "--cgn", "pretrained", "--out", str(tmp_path / "r")]) == 2
+    assert "--train-cgn trains the CGNs; drop --cgn pretrained" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()

