@@ -15,6 +15,7 @@ import argparse
 import collections
 import dataclasses
 import json
+import shlex
 import types
 import typing
 from dataclasses import dataclass
@@ -382,3 +383,8 @@ def resolve_or_resume(args: argparse.Namespace, cls: type, out: str | Path,
 
 def print_config(cfg: Any) -> None:
     print(json.dumps(to_dict(cfg), indent=2))
+
+
+def command_line(argv: list[str]) -> str:
+    """The command a run records (tables, summaries): ``cgn`` and the arguments, shell-quoted."""
+    return "cgn " + shlex.join(argv)

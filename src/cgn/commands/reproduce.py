@@ -77,10 +77,10 @@ def run_imagenet(args) -> int:
     import json
 
     from cgn.config import from_dict
-    from cgn.imagenet.reproduce import QUICK, WorldReproduceConfig, WorldReproduction, command_line
+    from cgn.imagenet.reproduce import QUICK, WorldReproduceConfig, WorldReproduction
     cfg = cliargs.resolve(args, WorldReproduceConfig,
                           lambda: from_dict(WorldReproduceConfig, QUICK if args.quick else {}))
-    rep = WorldReproduction(cfg, args.out, command_line(args.argv))
+    rep = WorldReproduction(cfg, args.out, cliargs.command_line(args.argv))
     summary = rep.run_all()
     print((rep.out / "claims.md").read_text())
     print(json.dumps({k: summary[k] for k in ("gan", "u2net", "cgn", "wall_time_s", "pretrain_time_s")}))
@@ -122,9 +122,9 @@ def resolve_config(args):
 
 
 def run(args) -> int:
-    from cgn.mnist.reproduce import Reproduction, command_line
+    from cgn.mnist.reproduce import Reproduction
     cfg = resolve_config(args)
-    rep = Reproduction(cfg, args.out, command_line(args.argv))
+    rep = Reproduction(cfg, args.out, cliargs.command_line(args.argv))
     rep.run_all()
     print((rep.out / "table3.md").read_text())
     return 0

@@ -109,13 +109,16 @@ def enable_tf32(device: torch.device) -> None:
         torch.backends.cudnn.allow_tf32 = True
 
 
-def machine_summary() -> str:
-    """One line for benchmark headers: CPU model, cores, instruction-set level, torch, threads."""
-    model = "unknown CPU"
+def cpu_model(default: str = "unknown CPU") -> str:
+    """The CPU's model name (``/proc/cpuinfo``), else ``default``."""
     try:
         with open("/proc/cpuinfo") as f:
-            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), model)
+            return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), default)
     except OSError:
-        pass
-    return (f"machine: {model}, {os.cpu_count()} cores, ISA level {isa_description()}, "
+        return default
+
+
+def machine_summary() -> str:
+    """One line for benchmark headers: CPU model, cores, instruction-set level, torch, threads."""
+    return (f"machine: {cpu_model()}, {os.cpu_count()} cores, ISA level {isa_description()}, "
             f"torch {torch.__version__}, {torch.get_num_threads()} threads")

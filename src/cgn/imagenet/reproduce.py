@@ -25,13 +25,10 @@ baseline classifier) run in worker processes.
 from __future__ import annotations
 
 import os
-import shlex
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Literal
-
-import torch
 
 from cgn.config import check, override
 from cgn.core.lock import share_with_children
@@ -130,10 +127,6 @@ QUICK = {"n_train": 64, "n_test": 32, "biggan_preset": "biggan-tiny", "u2net_pre
 
 def quick_config(**overrides) -> WorldReproduceConfig:
     return replace(WorldReproduceConfig(**QUICK), **overrides)
-
-
-def command_line(argv: list[str]) -> str:
-    return "cgn " + shlex.join(argv)
 
 
 class WorldReproduction:

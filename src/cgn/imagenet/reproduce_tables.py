@@ -54,13 +54,8 @@ def _pct(x) -> str:
 
 def machine() -> str:
     """CPU model, ISA level and cores."""
-    from cgn.core.precision import isa_description
-    model = platform.processor() or "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), model)
-    except OSError:
-        pass
+    from cgn.core.precision import cpu_model, isa_description
+    model = cpu_model(platform.processor() or "unknown CPU")
     return f"{model}, ISA {isa_description()}, {os.cpu_count()} cores"
 
 

@@ -373,10 +373,5 @@ def _run_dataset_in_worker(cfg: ReproduceConfig, out: str, command: str, dataset
     return Reproduction(cfg, out, command).run_dataset(dataset)
 
 
-def command_line(argv: list[str]) -> str:
-    import shlex
-    return "cgn " + shlex.join(argv)
-
-
 def quick_config(**overrides) -> ReproduceConfig:
     return replace(ReproduceConfig(**QUICK), **overrides)
