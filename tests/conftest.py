@@ -27,6 +27,20 @@ def pytest_configure(config):
     os.environ.setdefault("CGN_PROGRESS", "0")
 
 
+@pytest.fixture
+def one_thread_no_onednn():
+    """One intra-op thread and oneDNN off for the test: bitwise-reproducible CPU results (with
+    several threads a busy machine may split reductions differently), no oneDNN warm-up per
+    process (seconds), fastest for tiny nets. Modules use it with
+    ``pytestmark = pytest.mark.usefixtures("one_thread_no_onednn")``."""
+    n, mkldnn = torch.get_num_threads(), torch.backends.mkldnn.enabled
+    torch.set_num_threads(1)
+    torch.backends.mkldnn.enabled = False
+    yield
+    torch.set_num_threads(n)
+    torch.backends.mkldnn.enabled = mkldnn
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     if not SHARED_DATA.is_dir():

@@ -29,16 +29,7 @@ from cgn.imagenet.u2net import U2Net, U2NetConfig
 DATA = Path(__file__).resolve().parent / "data"
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """One intra-op thread: bitwise-reproducible CPU results (with several threads, MKL may
-    split reductions differently when the machine is busy), and faster for these tiny nets."""
-    n, mkldnn = torch.get_num_threads(), torch.backends.mkldnn.enabled
-    torch.set_num_threads(1)
-    torch.backends.mkldnn.enabled = False   # skips oneDNN's per-process warm-up (seconds)
-    yield
-    torch.set_num_threads(n)
-    torch.backends.mkldnn.enabled = mkldnn
+pytestmark = pytest.mark.usefixtures("one_thread_no_onednn")
 
 
 def tiny(**sets):

@@ -14,15 +14,7 @@ from cgn.imagenet.u2net import U2Net, U2NetConfig
 DATA = Path(__file__).resolve().parent / "data"
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """One thread and no oneDNN: skips oneDNN's per-process warm-up, fast for tiny nets."""
-    n, mkldnn = torch.get_num_threads(), torch.backends.mkldnn.enabled
-    torch.set_num_threads(1)
-    torch.backends.mkldnn.enabled = False
-    yield
-    torch.set_num_threads(n)
-    torch.backends.mkldnn.enabled = mkldnn
+pytestmark = pytest.mark.usefixtures("one_thread_no_onednn")
 
 
 def _expected(name: str) -> dict[str, tuple[int, ...]]:

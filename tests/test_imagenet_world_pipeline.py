@@ -25,14 +25,7 @@ from conftest import require_hed, require_mnist
 CLASSES = 10
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    n, mkldnn = torch.get_num_threads(), torch.backends.mkldnn.enabled
-    torch.set_num_threads(1)
-    torch.backends.mkldnn.enabled = False   # skips oneDNN's per-process warm-up (seconds)
-    yield
-    torch.set_num_threads(n)
-    torch.backends.mkldnn.enabled = mkldnn
+pytestmark = pytest.mark.usefixtures("one_thread_no_onednn")
 
 
 @pytest.fixture(scope="module")

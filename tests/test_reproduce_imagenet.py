@@ -10,7 +10,6 @@ import json
 import shlex
 
 import pytest
-import torch
 from PIL import Image
 
 from cgn.cli import main
@@ -30,14 +29,7 @@ STAGES = ["gan", "u2net", "cgn_full", "eval_full", "eval_full_at_ablation", "cf_
           "classifier_baseline", "lime"]
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    n, mkldnn = torch.get_num_threads(), torch.backends.mkldnn.enabled
-    torch.set_num_threads(1)
-    torch.backends.mkldnn.enabled = False   # skips oneDNN's per-process warm-up (seconds)
-    yield
-    torch.set_num_threads(n)
-    torch.backends.mkldnn.enabled = mkldnn
+pytestmark = pytest.mark.usefixtures("one_thread_no_onednn")
 
 
 def _fraction(x, lo: float = 0.0) -> bool:

@@ -26,15 +26,7 @@ from cgn.presets import preset
 DATA = Path(__file__).resolve().parent / "data"
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """One thread and no oneDNN: bit-reproducible and fastest for these tiny nets."""
-    n, mkldnn = torch.get_num_threads(), torch.backends.mkldnn.enabled
-    torch.set_num_threads(1)
-    torch.backends.mkldnn.enabled = False
-    yield
-    torch.set_num_threads(n)
-    torch.backends.mkldnn.enabled = mkldnn
+pytestmark = pytest.mark.usefixtures("one_thread_no_onednn")
 
 
 def ellipses(n: int, size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
