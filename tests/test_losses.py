@@ -83,8 +83,11 @@ def test_style_loss_formula_and_gradients(random_vgg):
     manual = sum(F.l1_loss(gram_matrix(a), gram_matrix(b)) * wi ** 2 * 5000
                  for a, b, wi in zip(fx, fy, w) if wi)
     assert torch.allclose(loss, manual, rtol=1e-5)
+    # the loss runs a channels_last copy of the VGG: same value and input gradient as the original
+    (manual_grad,) = torch.autograd.grad(manual, x)
     loss.backward()
     assert x.grad is not None and x.grad.abs().sum() > 0
+    assert torch.allclose(x.grad, manual_grad, rtol=1e-4, atol=1e-5 * manual_grad.abs().max().item())
     assert all(p.grad is None for p in random_vgg.parameters())  # frozen
     assert StyleLoss(random_vgg, [0, 0, 0, 0])(x, y)[0] == 0
 
