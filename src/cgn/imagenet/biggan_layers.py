@@ -153,26 +153,21 @@ class BigGANBatchNorm(nn.Module):
 
     def forward(self, x: torch.Tensor, truncation: float, cond: torch.Tensor | None = None) -> torch.Tensor:
         if self.batch_stats:
-            return self._forward_batch_stats(x, cond)
-        mean, var = self.stats(truncation)
+            if self.recorded is not None:  # collecting standing statistics (no gradients)
+                xf = x.float()
+                self.recorded.append((xf.mean(dim=(0, 2, 3)).detach(), xf.var(dim=(0, 2, 3), unbiased=False).detach()))
+            # the batch's own mean and biased variance, gradients through both (native kernel)
+            h = F.batch_norm(x, None, None, training=True, momentum=0.0, eps=self.eps)
+        else:
+            mean, var = self.stats(truncation)
+            if not self.conditional:
+                return F.batch_norm(x, mean, var, self.weight, self.bias, training=False,
+                                    momentum=0.0, eps=self.eps)
+            h = F.batch_norm(x, mean, var, training=False, momentum=0.0, eps=self.eps)
         if self.conditional:
-            gamma = 1 + self.scale(cond)[:, :, None, None]          # [B, C, 1, 1]
-            beta = self.offset(cond)[:, :, None, None]
-            return (x - mean[None, :, None, None]) / torch.sqrt(var[None, :, None, None] + self.eps) \
-                * gamma + beta
-        return F.batch_norm(x, mean, var, self.weight, self.bias, training=False, momentum=0.0,
-                            eps=self.eps)
-
-    def _forward_batch_stats(self, x: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
-        xf = x.float()
-        mean = xf.mean(dim=(0, 2, 3))                                  # [C], gradients flow
-        var = xf.var(dim=(0, 2, 3), unbiased=False)                    # biased, as BatchNorm
-        if self.recorded is not None:
-            self.recorded.append((mean.detach(), var.detach()))
-        h = (x - mean[None, :, None, None]) / torch.sqrt(var[None, :, None, None] + self.eps)
-        if self.conditional:
-            return h * (1 + self.scale(cond)[:, :, None, None]) + self.offset(cond)[:, :, None, None]
-        return h * self.weight[None, :, None, None] + self.bias[None, :, None, None]
+            gamma = 1 + self.scale(cond)[:, :, None, None]                # [B, C, 1, 1]
+            return torch.addcmul(self.offset(cond)[:, :, None, None], h, gamma)
+        return torch.addcmul(self.bias[None, :, None, None], h, self.weight[None, :, None, None])
 
 
 def use_batch_statistics(model: nn.Module, on: bool = True) -> None:

@@ -43,7 +43,7 @@ from cgn.core.checkpoint import load_checkpoint, load_state_dict_strict, save_ch
 from cgn.core.distributed import init_distributed, shutdown_distributed
 from cgn.core.interrupt import StepBoundary
 from cgn.core.losses import hinge_discriminator_terms, hinge_generator_loss
-from cgn.core.precision import enable_tf32, resolve_precision
+from cgn.core.precision import channels_last, enable_tf32, resolve_precision
 from cgn.core.progress import progress
 from cgn.core.results import write_results
 from cgn.core.rundir import RunDir
@@ -122,6 +122,7 @@ class Trainer:
         self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
         use_batch_statistics(self.G, True)  # G trains with batch statistics; G_ema keeps the port's
         self.G, self.D, self.G_ema = (m.to(self.device) for m in (self.G, self.D, self.G_ema))
+        channels_last(self.G, self.D, self.G_ema)
         o = cfg.optim
         adam = dict(betas=tuple(o.betas), eps=o.adam_eps, fused=self.device.type in ("cpu", "cuda"))
         self.opt_g = torch.optim.Adam(self.G.parameters(), lr=o.lr_g, **adam)

@@ -103,8 +103,10 @@ def rows_for(truncation: float, n_stats: int) -> list[int]:
 def prepared_copy(ema: BigGAN, batch_size: int, batches: int, seed: int,
                   truncations: list[float] | None = None) -> BigGAN:
     """A copy of the EMA generator ready to sample: fresh spectral-norm vectors and standing
-    statistics (all rows, or those the ``truncations`` read); in eval mode."""
-    g = copy.deepcopy(ema).eval()
+    statistics (all rows, or those the ``truncations`` read); in eval mode. The copy holds its
+    weights in the default layout, so its statistics do not depend on the layout the trainer
+    keeps (a channels_last convolution rounds differently)."""
+    g = copy.deepcopy(ema).eval().to(memory_format=torch.contiguous_format)
     use_batch_statistics(g, False)
     for p in g.parameters():
         p.requires_grad_(False)

@@ -39,6 +39,7 @@ from cgn.core.checkpoint import load_checkpoint, load_state_dict_strict
 from cgn.core.classifier_eval import topk_correct
 from cgn.core.classifier_trainer import StepOutput, Trainer, batchnorm_eval
 from cgn.core.distributed import DistInfo
+from cgn.core.precision import channels_last
 from cgn.core.results import write_results
 from cgn.core.seeding import seed_everything
 from cgn.errors import CGNError
@@ -119,6 +120,7 @@ def train_classifier(cfg: ClassifierTrainConfig, out: str | os.PathLike, *, resu
     resuming = resume and (Path(out) / "checkpoints" / "last.pt").exists()
     # a resumed run gets its weights from the checkpoint: no download needed
     model = build_model(cfg, pretrained=False if resuming else None)
+    channels_last(model)
     data = build_data(cfg, dist)
     opt = torch.optim.SGD(model.parameters(), lr=cfg.optim.lr, momentum=cfg.optim.momentum,
                           weight_decay=cfg.optim.weight_decay)

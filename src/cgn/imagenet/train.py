@@ -33,6 +33,7 @@ from cgn.config import ResumeDiff, from_dict, override, resume_diff, to_dict
 from cgn.core.checkpoint import load_checkpoint, save_checkpoint, torch_load
 from cgn.core.distributed import init_distributed, shutdown_distributed
 from cgn.core.interrupt import StepBoundary
+from cgn.core.precision import channels_last
 from cgn.core.progress import progress
 from cgn.core.rundir import RunDir
 from cgn.core.seeding import rng_state, set_rng_state
@@ -128,6 +129,7 @@ class Trainer:
                 self.run.log(msg, echo=not quiet)
         self.ctx.barrier()
         self.model = build_cgn(cfg.model, truncation=cfg.train.sample_truncation).to(self.device)
+        channels_last(self.model)
         self.losses = ImageNetCGNLosses(cfg.loss).to(self.device)
         o = cfg.optim
         lrs = {"shape": o.lr_shape, "texture": o.lr_texture, "background": o.lr_background}
