@@ -132,3 +132,44 @@ def test_u2net_loads_release_files_with_or_without_bn_counters(tmp_path):
         U2Net.from_pretrained(tmp_path / "bad.pth")
     with pytest.raises(CGNError, match="do not exist"):
         U2Net.from_pretrained(tmp_path / "missing.pth")
+
+
+@pytest.mark.parametrize("conditional", [True, False])
+@pytest.mark.parametrize("batch_stats", [True, False])
+def test_biggan_batchnorm_is_the_formula(conditional, batch_stats):
+    """BigGANBatchNorm (native batch_norm + addcmul) against (x - mean) / sqrt(var + eps) * gamma
+    + beta written out in float64: value and gradients (input, condition), channels_last too."""
+    from cgn.imagenet.biggan_layers import BigGANBatchNorm
+    torch.manual_seed(0)
+    bn = BigGANBatchNorm(6, 5 if conditional else None, n_stats=3, eps=1e-4).double()
+    bn.running_means.normal_()
+    bn.running_vars.uniform_(0.5, 2.0)
+    if not conditional:
+        bn.weight.data.normal_()
+        bn.bias.data.normal_()
+    bn.batch_stats = batch_stats
+    bn.eval()  # spectral norm: no power iteration between the two evaluations
+    x = torch.randn(4, 6, 5, 5, dtype=torch.float64)
+    cond = torch.randn(4, 5, dtype=torch.float64)
+    for layout in (torch.contiguous_format, torch.channels_last):
+        xi = x.clone().to(memory_format=layout).requires_grad_()
+        ci = cond.clone().requires_grad_()
+        got = bn(xi, 0.25, ci if conditional else None)
+        xr = x.clone().requires_grad_()
+        cr = cond.clone().requires_grad_()
+        if batch_stats:  # the batch's own statistics, gradients through them
+            mean, var = xr.mean((0, 2, 3)), xr.var((0, 2, 3), unbiased=False)
+        else:  # truncation 0.25 on a 3-row grid: halfway between rows 0 and 1
+            mean, var = bn.running_means[:2].mean(0), bn.running_vars[:2].mean(0)
+        h = (xr - mean[None, :, None, None]) / torch.sqrt(var[None, :, None, None] + 1e-4)
+        if conditional:
+            want = h * (1 + bn.scale(cr)[:, :, None, None]) + bn.offset(cr)[:, :, None, None]
+        else:
+            want = h * bn.weight[None, :, None, None] + bn.bias[None, :, None, None]
+        assert torch.allclose(got, want, atol=1e-10)
+        w = torch.randn_like(want)
+        (got * w).sum().backward()
+        (want * w).sum().backward()
+        assert torch.allclose(xi.grad, xr.grad, atol=1e-10)
+        if conditional:
+            assert torch.allclose(ci.grad, cr.grad, atol=1e-10)
