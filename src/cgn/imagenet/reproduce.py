@@ -332,17 +332,18 @@ class WorldReproduction:
         self.stand_ins = si.ensure_stand_ins(self)
         # stand-in training is timed apart (pretrain_time_s); the world's build counts
         self.session = (time.strftime("%Y-%m-%dT%H:%M:%S"), time.perf_counter() - world_s)
-        self.tick()
-        self.stage("gan", lambda: si.gan_check(self))
-        self.stage("u2net", lambda: si.u2net_iou(self))
-        workers = min(self.cfg.jobs, len(self.tasks()))
-        if workers <= 1:
-            for task in self.tasks():
-                self.run_task(task)
-        else:
-            self._run_parallel(workers)
-        self.stage("lime", lambda: lime_figures(self))
-        self.tick()
+        try:  # a stopped session's time counts too (tick also runs after every stage)
+            self.stage("gan", lambda: si.gan_check(self))
+            self.stage("u2net", lambda: si.u2net_iou(self))
+            workers = min(self.cfg.jobs, len(self.tasks()))
+            if workers <= 1:
+                for task in self.tasks():
+                    self.run_task(task)
+            else:
+                self._run_parallel(workers)
+            self.stage("lime", lambda: lime_figures(self))
+        finally:
+            self.tick()
         return write_outputs(self)
 
     def _run_parallel(self, workers: int) -> None:
