@@ -19,6 +19,7 @@ process CPU seconds per step divided by the thread count, and the machine's inst
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import sys
 import tempfile
@@ -65,7 +66,7 @@ def cgn_stage(tmp: Path) -> tuple[Callable[[], object], list]:
     cfg = override(preset("world-32-cgn", "imagenet train"),
                    {"model.random_init": True, "loss.feature_extractor": "random", "train.batch_acc": 1})
     tr = Trainer(cfg, tmp / "cgn", quiet=True)
-    count = iter(range(10 ** 9))
+    count = itertools.count()
 
     def step():
         tr.micro_step(next(count), 0, 1.0)

@@ -152,22 +152,19 @@ class BigGANBatchNorm(nn.Module):
         return mean, var
 
     def forward(self, x: torch.Tensor, truncation: float, cond: torch.Tensor | None = None) -> torch.Tensor:
-        if self.batch_stats:
+        if self.batch_stats:  # the batch's own mean and biased variance, gradients through both
+            mean = var = None
             if self.recorded is not None:  # collecting standing statistics (no gradients)
-                xf = x.float()
-                self.recorded.append((xf.mean(dim=(0, 2, 3)).detach(), xf.var(dim=(0, 2, 3), unbiased=False).detach()))
-            # the batch's own mean and biased variance, gradients through both (native kernel)
-            h = F.batch_norm(x, None, None, training=True, momentum=0.0, eps=self.eps)
+                xf = x.detach().float()
+                self.recorded.append((xf.mean(dim=(0, 2, 3)), xf.var(dim=(0, 2, 3), unbiased=False)))
         else:
             mean, var = self.stats(truncation)
-            if not self.conditional:
-                return F.batch_norm(x, mean, var, self.weight, self.bias, training=False,
-                                    momentum=0.0, eps=self.eps)
-            h = F.batch_norm(x, mean, var, training=False, momentum=0.0, eps=self.eps)
-        if self.conditional:
-            gamma = 1 + self.scale(cond)[:, :, None, None]                # [B, C, 1, 1]
-            return torch.addcmul(self.offset(cond)[:, :, None, None], h, gamma)
-        return torch.addcmul(self.bias[None, :, None, None], h, self.weight[None, :, None, None])
+        if not self.conditional:
+            return F.batch_norm(x, mean, var, self.weight, self.bias, training=self.batch_stats,
+                                momentum=0.0, eps=self.eps)
+        h = F.batch_norm(x, mean, var, training=self.batch_stats, momentum=0.0, eps=self.eps)
+        gamma = 1 + self.scale(cond)[:, :, None, None]                    # [B, C, 1, 1]
+        return torch.addcmul(self.offset(cond)[:, :, None, None], h, gamma)
 
 
 def use_batch_statistics(model: nn.Module, on: bool = True) -> None:
