@@ -137,6 +137,9 @@ def test_rundir_layout_and_resume_guard(tmp_path):
     rd2.truncate_metrics(1)
     assert read_jsonl(tmp_path / "run" / "metrics.jsonl") == [{"step": 1, "loss": 0.5}]
     assert rd2.stored_config() == {"lr": 1}
+    assert (tmp_path / "run" / "samples").is_dir() and (tmp_path / "run" / "checkpoints").is_dir()
+    RunDir(tmp_path / "bare", {"lr": 1}, subdirs=False)  # a run that keeps its files elsewhere
+    assert sorted(os.listdir(tmp_path / "bare")) == [".lock", "config.json"]
 
 
 def test_atomic_write_keeps_old_file_on_failure(tmp_path):

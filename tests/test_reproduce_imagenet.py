@@ -80,6 +80,7 @@ def test_quick_run_writes_everything_then_resumes(tmp_path, monkeypatch, capsys)
     assert "130.2 / 0.3" in table2 and "156.1 / 0.3" in table2 and "not ImageNet's" in table2
     assert table2.count("| without L_") == 4 and "| CGN, all losses | 1 |" in table2  # the full CGN at 1 episode
     assert (run / "cgn" / "full" / "checkpoints" / "ep0000001.pt").is_file()   # train.keep_every
+    assert not (run / "samples").exists() and not (run / "checkpoints").exists()  # its runs hold them
     assert "54.8" in (run / "shape_bias_world.md").read_text()
     assert "| paper (ImageNet) | IN + CGN | 94.2 | 83.4 | 80.1 | 3.3 |" in (run / "in9_world.md").read_text()
     assert "74.0" in (run / "top1_world.md").read_text()

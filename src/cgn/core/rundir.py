@@ -27,10 +27,11 @@ from cgn.io import append_jsonl, read_json, read_jsonl, write_json_atomic
 
 
 class RunDir:
-    """``tensorboard=False``: metrics go to ``metrics.jsonl`` only."""
+    """``tensorboard=False``: metrics go to ``metrics.jsonl`` only; ``subdirs=False``: no
+    ``samples/`` and ``checkpoints/`` are made (a run that keeps its files elsewhere)."""
 
     def __init__(self, root: str | os.PathLike, config: dict, *, resume: bool = False,
-                 tensorboard: bool = True):
+                 tensorboard: bool = True, subdirs: bool = True):
         self.root = Path(root)
         self.samples = self.root / "samples"
         self.checkpoints = self.root / "checkpoints"
@@ -44,10 +45,11 @@ class RunDir:
                                "continue it or choose another --out")
         else:
             write_json_atomic(cfg_path, {"config": config, "environment": environment()})
-            made = [p for p in (self.samples, self.checkpoints) if not p.exists()]
+            made = [p for p in (self.samples, self.checkpoints) if subdirs and not p.exists()]
             _fresh.append((self, before, made))
-        self.samples.mkdir(parents=True, exist_ok=True)
-        self.checkpoints.mkdir(parents=True, exist_ok=True)
+        if subdirs:
+            self.samples.mkdir(parents=True, exist_ok=True)
+            self.checkpoints.mkdir(parents=True, exist_ok=True)
 
     @property
     def config_path(self) -> Path:

@@ -134,11 +134,10 @@ class WorldReproduction:
         from cgn.imagenet import reproduce_standins as si
         self.cfg, self.out, self.command = cfg, Path(out), command
         self.world = si.check_inputs(cfg, self.out)  # one line before any work
-        self.run = RunDir(self.out, asdict(cfg), resume=True, tensorboard=False)
+        # every worker process opens the run too: no samples/ or checkpoints/ (unused here) to
+        # make and remove, which raced between workers on a resume
+        self.run = RunDir(self.out, asdict(cfg), resume=True, tensorboard=False, subdirs=False)
         self.run.check_resume(WorldReproduceConfig, asdict(cfg))
-        for empty in (self.run.samples, self.run.checkpoints):  # a RunDir's, unused here
-            if empty.is_dir() and not any(empty.iterdir()):
-                empty.rmdir()
         self.quick = all(getattr(cfg, k) == v for k, v in QUICK.items())
         self.stand_ins: dict | None = None
         self.session: tuple[str, float] | None = None  # (start stamp, perf_counter at start)
