@@ -15,7 +15,11 @@ m and its foreground f. With s = U2-Net(x_gt) (the stand-in's IoU against the gr
 - ``judge_grid``: share of patch grids P(x_gt, m) the texture judge names with the class (the
   target L_text gives f); ``judge_grid_ideal``: the same for P(x_gt, s), the target of a CGN
   whose mask is the object; ``judge_fg``: share of foregrounds f it names with the class;
-  ``judge_xgt``: share of the whole images x_gt it names with the class.
+  ``judge_xgt``: share of the whole images x_gt it names with the class;
+- where the mask has grown past the object (m > 0.5, s < 0.5) and where it is off (m < 0.5):
+  ``err_b_grown`` / ``err_f_grown`` / ``err_b_off``, the mean |b − x_gt| and |f − x_gt| there
+  (images in [-1, 1]). A mask that grows over what the background got wrong, where the
+  foreground is still x_gt, keeps L_rec low.
 
 Step 0 is the untrained CGN (every mechanism a copy of the BigGAN, mask = U2-Net(f_shape)).
 The patch grid is the one training uses (:func:`cgn.imagenet.losses.patch_grid`, the run's
@@ -41,7 +45,8 @@ def probe(model, loss_cfg, texture_judge, n: int, seed: int = 0, batch: int = 50
     g, gp = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed + 1)
     y = torch.arange(n) % model.n_classes
     keep: dict[str, list] = {k: [] for k in ("grid", "ideal", "fg", "xgt")}
-    sums = {"mask": 0.0, "obj": 0.0, "inter": 0.0, "union": 0.0, "obj_grid": 0.0}
+    sums = {"mask": 0.0, "obj": 0.0, "inter": 0.0, "union": 0.0, "obj_grid": 0.0,
+            "eb_grown": 0.0, "ef_grown": 0.0, "n_grown": 0.0, "eb_off": 0.0, "n_off": 0.0}
     geo = dict(patch=loss_cfg.text_patch, work_size=loss_cfg.text_work_size, top=loss_cfg.text_top,
                grid=loss_cfg.text_grid)
     with torch.no_grad():
@@ -65,11 +70,21 @@ def probe(model, loss_cfg, texture_judge, n: int, seed: int = 0, batch: int = 50
             mb, sb = m > 0.5, s > 0.5
             sums["inter"] += (mb & sb).sum().item()
             sums["union"] += (mb | sb).sum().item()
+            grown, off = (mb & ~sb).float(), (~mb).float()
+            eb = (out.background.float() - out.x_gt).abs().mean(1, keepdim=True)
+            ef = (out.foreground.float() - out.x_gt).abs().mean(1, keepdim=True)
+            sums["eb_grown"] += (eb * grown).sum().item()
+            sums["ef_grown"] += (ef * grown).sum().item()
+            sums["n_grown"] += grown.sum().item()
+            sums["eb_off"] += (eb * off).sum().item()
+            sums["n_off"] += off.sum().item()
     acc = {k: judge_accuracy(texture_judge, torch.cat(v).clamp(-1, 1), y, 256, k) for k, v in keep.items()}
     return {"mu_mask": sums["mask"] / n, "mu_object": sums["obj"] / n,
             "iou": sums["inter"] / max(sums["union"], 1.0), "object_in_grid": sums["obj_grid"] / n,
             "judge_grid": acc["grid"], "judge_grid_ideal": acc["ideal"], "judge_fg": acc["fg"],
-            "judge_xgt": acc["xgt"]}
+            "judge_xgt": acc["xgt"], "err_b_grown": sums["eb_grown"] / max(sums["n_grown"], 1.0),
+            "err_f_grown": sums["ef_grown"] / max(sums["n_grown"], 1.0),
+            "err_b_off": sums["eb_off"] / max(sums["n_off"], 1.0)}
 
 
 def main() -> None:
