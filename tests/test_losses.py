@@ -225,6 +225,9 @@ def test_gram_l1_matches_autograd_in_float64(channels_last):
     # gram_l1 computes in float32; compare the float32 results against the float64 reference
     out = gram_l1(a, target)
     torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-7)
-    (3 * out).backward()
+    (3 * out).backward(retain_graph=True)
     (3 * ref).backward()
     torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-7)
+    # a second backward through the kept graph (per-loss gradients) gives the same gradient
+    again, = torch.autograd.grad(3 * out, a)
+    torch.testing.assert_close(again, b.grad, rtol=1e-4, atol=1e-7)

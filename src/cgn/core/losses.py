@@ -134,16 +134,18 @@ class _GramL1(torch.autograd.Function):
     @staticmethod
     def forward(ctx, rows: torch.Tensor, target: torch.Tensor, alpha: float) -> torch.Tensor:
         diff = torch.baddbmm(target, rows, rows.transpose(1, 2), beta=-1.0, alpha=alpha)
-        ctx.save_for_backward(rows, diff)
+        loss = torch.linalg.vector_norm(diff, ord=1) / diff.numel()
+        # only the sign is needed backward: keep it in diff's memory (saved after the change,
+        # so a second backward with retain_graph=True reads it unchanged)
+        ctx.save_for_backward(rows, diff.sign_())
         ctx.alpha = alpha
-        return torch.linalg.vector_norm(diff, ord=1) / diff.numel()
+        return loss
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad: torch.Tensor):
-        rows, diff = ctx.saved_tensors
-        s = diff.sign_()  # in place: sign is idempotent, so a second backward still works
-        grad_rows = torch.bmm(s, rows).mul_(grad * (2.0 * ctx.alpha / diff.numel()))
+        rows, s = ctx.saved_tensors
+        grad_rows = torch.bmm(s, rows).mul_(grad * (2.0 * ctx.alpha / s.numel()))
         return grad_rows, None, None
 
 
