@@ -21,6 +21,15 @@ m and its foreground f. With s = U2-Net(x_gt) (the stand-in's IoU against the gr
   (images in [-1, 1]). A mask that grows over what the background got wrong, where the
   foreground is still x_gt, keeps L_rec low.
 
+``--gradients K`` adds, per checkpoint, how consistent the mechanisms' gradients are: the
+training's own micro-step (:class:`cgn.imagenet.train.Trainer`, resumed from the checkpoint in a
+scratch folder) on K micro-batches of episode 0's generators, one backward per loss group
+(L_rec = l1 + perc, L_shape = binary + mask, L_text, L_bg); for each mechanism and group the
+mean cosine between the gradients of two different micro-batches (1: every micro-batch pushes
+the same way; 0: Adam's steps cancel out over episodes) and the mean gradient norm; and
+``texture: rec vs text``, the mean cosine between the texture mechanism's L_rec and L_text
+gradients of the same micro-batch, with the ratio of their norms.
+
 Step 0 is the untrained CGN (every mechanism a copy of the BigGAN, mask = U2-Net(f_shape)).
 The patch grid is the one training uses (:func:`cgn.imagenet.losses.patch_grid`, the run's
 loss geometry), drawn from a fixed generator.
@@ -87,6 +96,62 @@ def probe(model, loss_cfg, texture_judge, n: int, seed: int = 0, batch: int = 50
             "err_b_off": sums["eb_off"] / max(sums["n_off"], 1.0)}
 
 
+GROUPS = {"rec": ("l1", "perc"), "shape": ("binary", "mask"), "text": ("text",), "bg": ("bg",)}
+
+
+def gradient_consistency(checkpoint: Path, k: int, untrained: bool) -> dict:
+    """Mean pairwise cosine and mean norm of the micro-batch gradients, per mechanism and group."""
+    import shutil
+    import tempfile
+
+    from cgn.config import from_dict
+    from cgn.imagenet.config import ImageNetCGNConfig
+    from cgn.imagenet.train import Trainer, step_generator
+    ck = load_checkpoint(checkpoint, kind=CHECKPOINT_KIND)
+    cfg = from_dict(ImageNetCGNConfig, ck["config"], str(checkpoint))
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "checkpoints").mkdir()
+        shutil.copyfile(checkpoint, Path(tmp) / "checkpoints" / "last.pt")
+        shutil.copyfile(checkpoint.parents[1] / "config.json", Path(tmp) / "config.json")
+        tr = Trainer(cfg, tmp, resume=True, quiet=True)
+    model, t = tr.model, tr.cfg.train
+    if untrained:
+        gt = model.biggan_GT.state_dict()
+        for mech in (model.f_shape, model.f_text, model.f_bg):
+            mech.load_state_dict(gt)
+    mechs = model.trainable()
+    grads: dict[tuple[str, str], list[torch.Tensor]] = {}
+    for micro in range(k):
+        g = step_generator(t.seed, 0, micro, 0)
+        classes = torch.randint(model.n_classes, (t.batch_size,), generator=g)
+        u = truncated_noise(t.batch_size, model.z_dim, t.truncation, g)
+        y = model.class_vector(classes)
+        out = model(u, y, y, y, t.truncation)
+        terms = tr.losses(out.composite(), out.x_gt, out.mask, out.foreground, out.background_mask, generator=g)
+        for group, names in GROUPS.items():
+            loss = sum(terms.weighted[n] for n in names)
+            for mname, mech in mechs.items():
+                params = [p for p in mech.parameters() if p.requires_grad]
+                gs = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
+                flat = torch.cat([(x if x is not None else torch.zeros_like(p)).flatten()
+                                  for x, p in zip(gs, params)])
+                grads.setdefault((mname, group), []).append(flat)
+    res = {}
+    for (mname, group), gs in grads.items():
+        G = torch.stack(gs)
+        norms = G.norm(dim=1)
+        if float(norms.max()) == 0.0:
+            continue
+        cos = (G @ G.T) / (norms[:, None] * norms[None, :]).clamp_min(1e-30)
+        off = cos[~torch.eye(len(gs), dtype=torch.bool)]
+        res[f"{mname}/{group}"] = {"cos": float(off.mean()), "norm": float(norms.mean())}
+    # does L_text pull the texture mechanism the way L_rec does? (same micro-batch)
+    r, x = torch.stack(grads[("texture", "rec")]), torch.stack(grads[("texture", "text")])
+    res["texture: rec vs text"] = {"cos": float(torch.nn.functional.cosine_similarity(r, x, dim=1).mean()),
+                                   "norm": float(r.norm(dim=1).mean() / x.norm(dim=1).mean())}
+    return res
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("run", type=Path)
@@ -95,6 +160,8 @@ def main() -> None:
                     help="files in RUN/cgn/full/checkpoints (default: every epNNNNNNN.pt)")
     ap.add_argument("--n", type=int, default=500)
     ap.add_argument("--json", type=Path, default=None, help="also write the rows here")
+    ap.add_argument("--gradients", type=int, default=0, metavar="K",
+                    help="also measure the gradients' consistency over K micro-batches (>= 2)")
     a = ap.parse_args()
     from cgn.config import from_dict
     from cgn.core.precision import cpu_isa, cpu_model
@@ -119,10 +186,22 @@ def main() -> None:
             model = load_generator(folder / name)
         rows.append({"step": ck["step"], **probe(model.eval(), cfg.loss, judge, a.n)})
         print(json.dumps(rows[-1]))
-    keys = [k for k in rows[0] if k != "step"]
+        if a.gradients >= 2:
+            if i == 0:
+                rows[-2]["gradients"] = gradient_consistency(folder / name, a.gradients, untrained=True)
+            rows[-1]["gradients"] = gradient_consistency(folder / name, a.gradients, untrained=False)
+    keys = [k for k in rows[0] if k not in ("step", "gradients")]
     print("\n| episode | " + " | ".join(keys) + " |\n|" + "---|" * (len(keys) + 1))
     for r in rows:
         print(f"| {r['step']} | " + " | ".join(f"{r[k]:.3f}" for k in keys) + " |")
+    if a.gradients >= 2:
+        cells = list(dict.fromkeys(c for r in rows for c in r["gradients"]))
+        print("\ngradient consistency: mean pairwise cosine (mean norm) of "
+              f"{a.gradients} micro-batches\n\n| episode | " + " | ".join(cells) + " |\n|" + "---|" * (len(cells) + 1))
+        for r in rows:
+            gr = r["gradients"]
+            print(f"| {r['step']} | " + " | ".join(f"{gr[c]['cos']:.3f} ({gr[c]['norm']:.2g})" if c in gr else "—"
+                                                  for c in cells) + " |")
     if a.json:
         a.json.write_text(json.dumps(rows, indent=1) + "\n")
 
