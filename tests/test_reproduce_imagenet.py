@@ -129,3 +129,13 @@ def test_bad_inputs_are_one_line(tmp_path, capsys):
         main(["reproduce", "imagenet", "--ablations", "shape,colour", "--out", str(out)])
     assert e.value.code == 2 and "'colour' is not one of" in capsys.readouterr().err
     assert not out.exists()   # nothing written before the error
+
+
+def test_claims_table_points_to_the_evidence_only_for_failed_claims_of_a_real_run():
+    from cgn.imagenet.reproduce_tables import claims_md
+    rows = [{"claim": "a", "measured": "1", "holds": True}, {"claim": "b", "measured": "2", "holds": None}]
+    assert "docs/world.md" not in claims_md(rows, quick=False)
+    failed = rows + [{"claim": "c", "measured": "0.1", "holds": False}]
+    text = claims_md(failed, quick=False)
+    assert "| c | 0.1 | no |" in text and "| b | 2 | not measured |" in text and "docs/world.md" in text
+    assert "docs/world.md" not in claims_md(failed, quick=True)  # a --quick run's numbers mean nothing
