@@ -20,7 +20,8 @@ from cgn.core.losses import hinge_discriminator_loss, hinge_discriminator_terms,
 from cgn.imagenet.biggan import BigGAN, tiny_config
 from cgn.imagenet.biggan_disc import Discriminator
 from cgn.imagenet.biggan_layers import use_batch_statistics
-from cgn.imagenet.biggan_standing import ema_update, prepared_copy, standing_statistics, stats_inputs
+from cgn.core.ema import ema_update
+from cgn.imagenet.biggan_standing import prepared_copy, standing_statistics, stats_inputs
 
 from faults import SIGNALS, stop_at_random
 

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -220,3 +223,45 @@ def test_a_checkpoint_with_the_old_texture_key_names_resumes_exactly(tmp_path):
     for key in ("model", "optim", "step"):
         _assert_same(a[key], b[key], key)
     assert _losses(new) == _losses(old)
+
+
+def test_ema_of_the_generator_is_sampled_and_saved_and_resumes_exactly(reference_run, tmp_path):
+    """train.ema_decay > 0: the checkpoint's model is the average, the trained generator rides in
+    extra (bit-identical to a run without the average: it does not touch training), BatchNorm
+    statistics are G's, and a stopped run continues to the same state."""
+    ema = ["--set", "train.ema_decay=0.5", "--set", "train.ema_start=2"]
+    full = tmp_path / "ema"
+    assert main(["train-cgn", *TINY, *ema, "--out", str(full)]) == 0
+    ck, ref = _states(full), _states(reference_run)
+    _assert_same(ck["extra"]["generator"], ref["model"], "generator")
+    _assert_same(ck["optim"], ref["optim"], "optim")
+    g, avg = ck["extra"]["generator"], ck["model"]
+    assert set(g) == set(avg)
+    floats = [k for k in g if g[k].is_floating_point() and "running" not in k]
+    assert any(not torch.equal(g[k], avg[k]) for k in floats)  # the average is not G
+    for k in g:
+        if "running" in k or "num_batches" in k:
+            assert torch.equal(g[k], avg[k]), k
+    assert json.loads((full / "results.json").read_text())["generator"] == "ema (decay 0.5 from step 2)"
+
+    part = tmp_path / "ema-part"
+    short = [a if a != str(STEPS) else "4" for a in TINY]
+    assert main(["train-cgn", *short, *ema, "--out", str(part)]) == 0
+    assert main(["train-cgn", *TINY, *ema, "--out", str(part), "--resume"]) == 0
+    _assert_same(_states(part)["model"], avg, "model")
+    _assert_same(_states(part)["extra"]["generator"], g, "generator")
+    assert main(["train-cgn", *TINY, "--out", str(part), "--resume"]) == 2  # ema_decay may not change
+
+    # scripts/trained_generator.py: the same run with the trained generator as its CGN
+    script = Path(__file__).resolve().parents[1] / "scripts" / "trained_generator.py"
+    done = subprocess.run([sys.executable, str(script), str(full), str(tmp_path / "raw")],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    raw = load_checkpoint(tmp_path / "raw" / "checkpoints" / "final.pt", kind="mnist-cgn")
+    _assert_same(raw["model"], g, "model")
+    assert "generator" not in raw["extra"] and raw["config"]["train"]["ema_decay"] == 0
+    res = json.loads((tmp_path / "raw" / "results.json").read_text())
+    assert res["checkpoint"] == str((tmp_path / "raw" / "checkpoints" / "final.pt").resolve())
+    again = subprocess.run([sys.executable, str(script), str(reference_run), str(tmp_path / "x")],
+                           capture_output=True, text=True)
+    assert again.returncode == 2 and "holds no EMA" in again.stderr and len(again.stderr.splitlines()) == 1

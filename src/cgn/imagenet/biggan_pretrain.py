@@ -41,6 +41,7 @@ from cgn.core import runcontrol
 from cgn.core.batches import EpochSampler
 from cgn.core.checkpoint import load_checkpoint, load_state_dict_strict, save_checkpoint
 from cgn.core.distributed import init_distributed, shutdown_distributed
+from cgn.core.ema import ema_decay_at, ema_update
 from cgn.core.interrupt import StepBoundary
 from cgn.core.losses import hinge_discriminator_terms, hinge_generator_loss
 from cgn.core.precision import channels_last, enable_tf32, resolve_precision
@@ -54,7 +55,7 @@ from cgn.imagenet.biggan import BigGAN, BigGANConfig, tiny_config
 from cgn.imagenet.biggan_disc import Discriminator
 from cgn.imagenet.biggan_layers import use_batch_statistics
 from cgn.imagenet.biggan_pretrain_config import CHECKPOINT_KIND, BigGANPretrainConfig, GANModelConfig
-from cgn.imagenet.biggan_standing import (ema_update, export_generator, prepared_copy, sample_sheet,
+from cgn.imagenet.biggan_standing import (export_generator, prepared_copy, sample_sheet,
                                           save_png, seeded)
 from cgn.imagenet.model import truncated_noise
 from cgn.imagenet.npzdata import load_labelled_npz
@@ -251,7 +252,7 @@ class Trainer:
         loss_g.backward()
         self.opt_g.step()
         self.D.requires_grad_(True)
-        ema_update(self.G_ema, self.G, 0.0 if self.step < t.ema_start else t.ema_decay)
+        ema_update(self.G_ema, self.G, ema_decay_at(self.step, t.ema_decay, t.ema_start))
         return {"d_loss": loss_d.detach(), "d_real": real_term.detach(), "d_fake": fake_term.detach(),
                 "g_loss": loss_g.detach(), "logit_real": d_real.detach().mean(),
                 "logit_fake": d_fake.detach().mean()}

@@ -1,7 +1,7 @@
 """The EMA generator of a BigGAN stand-in: weight averaging, standing statistics, sheets, export.
 
 - **EMA.** ``G_ema ← decay · G_ema + (1 − decay) · G`` for every parameter after each G step
-  (:func:`ema_update`; decay 0 copies); buffers (spectral-norm vectors) are copied from G.
+  (:func:`cgn.core.ema.ema_update`; decay 0 copies); buffers (spectral-norm vectors) are copied from G.
 - **Standing statistics.** G trains with batch statistics; the public port's BatchNorms use
   *standing statistics* instead: per BatchNorm ``n_stats`` rows of (mean, var), row ``r`` for
   truncation ``r / (n_stats − 1)``. :func:`standing_statistics` measures them on the EMA weights
@@ -37,18 +37,6 @@ def seeded(*key: int) -> torch.Generator:
     """A CPU generator that is a pure function of the integer key."""
     state = np.random.SeedSequence([int(k) for k in key]).generate_state(2)
     return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]) >> 1)
-
-
-@torch.no_grad()
-def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
-    """One EMA step of the parameters (decay 0: a copy); buffers are copied."""
-    for pe, p in zip(ema.parameters(), model.parameters()):
-        if decay == 0:
-            pe.copy_(p)
-        else:
-            pe.lerp_(p, 1.0 - decay)
-    for be, b in zip(ema.buffers(), model.buffers()):
-        be.copy_(b)
 
 
 def refresh_spectral_norm(model: nn.Module, iterations: int = SPECTRAL_REFRESH) -> None:

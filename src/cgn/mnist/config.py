@@ -114,6 +114,11 @@ class TrainConfig:
     sample_every: int = field(default=1000, metadata={"help": "steps between sample grids"})
     timeline_every: int = field(default=250, metadata={"help": "steps between mask-timeline frames"})
     checkpoint_every: int = field(default=500, metadata={"help": "steps between checkpoints"})
+    ema_decay: float = field(default=0.0, metadata={
+        "help": "decay of an exponential moving average of the generator's weights; when > 0 the "
+                "average is what the run samples from and saves as its CGN (0: none)"})
+    ema_start: int = field(default=0, metadata={
+        "help": "generator steps before the average starts (it copies the generator until then)"})
     eval_samples: int = field(default=1000, metadata={"help": "samples for the final mask statistics"})
     shape_judge: bool = field(default=True, metadata={
         "help": "report shape_accuracy: a fixed MNIST digit classifier applied to the final masks"})
@@ -127,6 +132,8 @@ class TrainConfig:
         for name in ("log_every", "sample_every", "timeline_every", "checkpoint_every"):
             check(getattr(self, name) >= 1, f"{name} must be >= 1")
         check(self.eval_samples >= 10, "eval_samples must be >= 10")
+        check(0 <= self.ema_decay < 1, "ema_decay must be in [0, 1)")
+        check(self.ema_start >= 0, "ema_start must be >= 0")
         runcontrol.check(self)
 
 

@@ -10,6 +10,8 @@ One step, batch B (labels y_gen uniform, one noise vector shared by the three me
                         [+ border_weight * mean(m on the image frame)]              (border loss)
     discriminator:  L_D = (LSGAN(D(x_real, y_real) -> 1) + LSGAN(D(x_gen, y_gen) -> 0)) / 2
     Adam(2e-4, (0.5, 0.999)) for both.
+    [EMA:           G_ema <- ema_decay G_ema + (1 - ema_decay) G   (train.ema_decay > 0; a copy
+                    before train.ema_start); G_ema is then what the run samples from and saves]
 
 What differs from the original, none of it changing the losses: the real batch's VGG features
 are computed without gradients, stages with weight 0 are skipped and the VGG stops at the
@@ -31,6 +33,7 @@ when done, ``checkpoints/final.pt`` and ``results.json``.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import time
 from pathlib import Path
@@ -42,6 +45,7 @@ from cgn.config import check_resume, to_dict
 from cgn.core import runcontrol
 from cgn.core.checkpoint import load_checkpoint, save_checkpoint
 from cgn.core.device import resolve_device
+from cgn.core.ema import ema_decay_at, ema_update
 from cgn.core.losses import (STYLE_SCALE, StyleLoss, lsgan_discriminator_loss, lsgan_generator_loss,
                              mask_binary_entropy, mask_border_loss, ssim_loss)
 from cgn.core.perceptual import FeatureSource, load_vgg16
@@ -130,6 +134,7 @@ class Trainer:
         betas = tuple(cfg.optim.betas)
         self.opt_g = torch.optim.Adam(self.G.parameters(), lr=cfg.optim.lr, betas=betas, fused=True)
         self.opt_d = torch.optim.Adam(self.D.parameters(), lr=cfg.optim.lr, betas=betas, fused=True)
+        self.G_ema = copy.deepcopy(self.G).requires_grad_(False) if t.ema_decay > 0 else None
         self.precision = resolve_precision(cfg.loss.precision, self.device)
         self.style = StyleLoss(self.extractor.to(self.device), cfg.loss.style_weights, autocast_bf16=self.precision.bf16,
                                scale=STYLE_SCALE * cfg.loss.feature_scale ** 2)
@@ -165,6 +170,13 @@ class Trainer:
             with torch.no_grad():
                 self.G.background.output_norm.bias.copy_(bias)
             self.run.log(f"background output bias initialised from the data: {bias.tolist()}", echo=False)
+        if self.G_ema is not None and self.resumed_from is None:
+            ema_update(self.G_ema, self.G, 0.0)  # the average starts from G's initial weights
+
+    @property
+    def sampler(self) -> MnistCGN:
+        """The generator the run samples from and saves as its CGN: the EMA when there is one."""
+        return self.G if self.G_ema is None else self.G_ema
 
     # -- config handling --
 
@@ -213,6 +225,7 @@ class Trainer:
 
     def _save(self, name: str = "last.pt") -> None:
         extra = {
+            **({"generator": self.G.state_dict()} if self.G_ema is not None else {}),  # G_ema is the model
             "discriminator": self.D.state_dict(),
             "data_generator": self.data_gen.get_state(),
             "feature_extractor": self.feature_source.as_dict(),
@@ -222,14 +235,21 @@ class Trainer:
             else torch.zeros(0),
         }
         save_checkpoint(self.run.checkpoints / name, kind=CHECKPOINT_KIND, step=self.step,
-                        config=to_dict(self.cfg), model=self.G.state_dict(),
+                        config=to_dict(self.cfg), model=self.sampler.state_dict(),
                         optim={"generator": self.opt_g.state_dict(), "discriminator": self.opt_d.state_dict()},
                         rng=rng_state(), extra=extra)
         self.run.flush()
 
     def _restore(self, path: Path) -> None:
         ckpt = load_checkpoint(path, kind=CHECKPOINT_KIND)
-        self.G.load_weights(ckpt["model"], f"checkpoint {path}")
+        if self.G_ema is not None:
+            if "generator" not in ckpt["extra"]:
+                raise CGNError(f"checkpoint {path} holds no generator beside its EMA; it was not "
+                               "written by a run with train.ema_decay > 0")
+            self.G.load_weights(ckpt["extra"]["generator"], f"checkpoint {path}")
+            self.G_ema.load_weights(ckpt["model"], f"checkpoint {path} (EMA)")
+        else:
+            self.G.load_weights(ckpt["model"], f"checkpoint {path}")
         self.D.load_state_dict(ckpt["extra"]["discriminator"])
         self.opt_g.load_state_dict(ckpt["optim"]["generator"])
         self.opt_d.load_state_dict(ckpt["optim"]["discriminator"])
@@ -275,6 +295,9 @@ class Trainer:
         loss_g = sum(losses.values())
         loss_g.backward()
         self.opt_g.step()
+        if self.G_ema is not None:
+            ema_update(self.G_ema, self.G, ema_decay_at(self.step, self.cfg.train.ema_decay,
+                                                        self.cfg.train.ema_start))
         self.D.requires_grad_(True)
 
         # discriminator
@@ -292,8 +315,8 @@ class Trainer:
         return rec
 
     def _record_timeline(self) -> None:
-        with eval_mode(self.G):
-            m = self.G(**self.timeline_inputs).mask[:, 0].float().cpu().numpy()  # [20, 32, 32]
+        with eval_mode(self.sampler):
+            m = self.sampler(**self.timeline_inputs).mask[:, 0].float().cpu().numpy()  # [20, 32, 32]
         self.timeline_steps.append(self.step)
         self.timeline_masks.append(m.astype(np.float32))
 
@@ -308,7 +331,7 @@ class Trainer:
 
     def _sample_grid(self) -> None:
         """``samples/step_NNNNNN.png`` of the fixed inputs, also to TensorBoard ("samples")."""
-        grid = save_sample_grid(self.G, self.grid_inputs, self.run.samples / f"step_{self.step:06d}.png",
+        grid = save_sample_grid(self.sampler, self.grid_inputs, self.run.samples / f"step_{self.step:06d}.png",
                                 f"step {self.step}")
         self.run.image("samples", grid, self.step)
 
@@ -366,10 +389,10 @@ class Trainer:
         if not self.timeline_steps or self.timeline_steps[-1] != self.step:
             self._record_timeline()
         self._write_timeline()
-        save_sample_grid(self.G, self.grid_inputs, self.run.samples / "final.png", f"final (step {self.step})")
+        save_sample_grid(self.sampler, self.grid_inputs, self.run.samples / "final.png", f"final (step {self.step})")
         self._save()
         self._save("final.pt")
-        stats = evaluate_generator(self.G, t.dataset, t.eval_samples, _sub_seed(t.seed, 4), t.shape_judge)
+        stats = evaluate_generator(self.sampler, t.dataset, t.eval_samples, _sub_seed(t.seed, 4), t.shape_judge)
         metrics = self.run.metrics()
         timed = [r["sec_per_step"] for r in metrics if "sec_per_step" in r]
         results = {
@@ -378,6 +401,7 @@ class Trainer:
             "feature_extractor": self.feature_source.as_dict(), "bf16": self.precision.bf16,
             "precision": self.precision.as_dict(),
             "data": self.data.meta,
+            "generator": "trained" if self.G_ema is None else f"ema (decay {t.ema_decay:g} from step {t.ema_start})",
             "device": str(self.device), "threads": torch.get_num_threads(),
             "train_seconds": round(self.elapsed, 1),
             "sec_per_step": round(self.elapsed / max(1, self.step), 4),
