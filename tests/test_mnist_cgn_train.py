@@ -252,16 +252,20 @@ def test_ema_of_the_generator_is_sampled_and_saved_and_resumes_exactly(reference
     _assert_same(_states(part)["extra"]["generator"], g, "generator")
     assert main(["train-cgn", *TINY, "--out", str(part), "--resume"]) == 2  # ema_decay may not change
 
-    # scripts/trained_generator.py: the same run with the trained generator as its CGN
-    script = Path(__file__).resolve().parents[1] / "scripts" / "trained_generator.py"
-    done = subprocess.run([sys.executable, str(script), str(full), str(tmp_path / "raw")],
-                          capture_output=True, text=True)
+    # scripts/checkpoint_as_run.py: the run's trained generator, or an interim checkpoint, as a run
+    script = Path(__file__).resolve().parents[1] / "scripts" / "checkpoint_as_run.py"
+    final = full / "checkpoints" / "final.pt"
+    done = subprocess.run([sys.executable, str(script), str(final), str(tmp_path / "raw"), "--weights",
+                           "trained"], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     raw = load_checkpoint(tmp_path / "raw" / "checkpoints" / "final.pt", kind="mnist-cgn")
     _assert_same(raw["model"], g, "model")
     assert "generator" not in raw["extra"] and raw["config"]["train"]["ema_decay"] == 0
     res = json.loads((tmp_path / "raw" / "results.json").read_text())
     assert res["checkpoint"] == str((tmp_path / "raw" / "checkpoints" / "final.pt").resolve())
-    again = subprocess.run([sys.executable, str(script), str(reference_run), str(tmp_path / "x")],
-                           capture_output=True, text=True)
+    assert res["dataset"] == "double-colored-mnist" and res["steps"] == STEPS and res["generator"] == "trained"
+    assert subprocess.run([sys.executable, str(script), str(final), str(tmp_path / "avg")]).returncode == 0
+    _assert_same(load_checkpoint(tmp_path / "avg" / "checkpoints" / "final.pt")["model"], avg, "avg")
+    again = subprocess.run([sys.executable, str(script), str(reference_run / "checkpoints" / "final.pt"),
+                            str(tmp_path / "x"), "--weights", "trained"], capture_output=True, text=True)
     assert again.returncode == 2 and "holds no EMA" in again.stderr and len(again.stderr.splitlines()) == 1
