@@ -229,7 +229,7 @@ def test_ema_of_the_generator_is_sampled_and_saved_and_resumes_exactly(reference
     """train.ema_decay > 0: the checkpoint's model is the average, the trained generator rides in
     extra (bit-identical to a run without the average: it does not touch training), BatchNorm
     statistics are G's, and a stopped run continues to the same state."""
-    ema = ["--set", "train.ema_decay=0.5", "--set", "train.ema_start=2"]
+    ema = ["--ema-decay", "0.5", "--set", "train.ema_start=2"]
     full = tmp_path / "ema"
     assert main(["train-cgn", *TINY, *ema, "--out", str(full)]) == 0
     ck, ref = _states(full), _states(reference_run)

@@ -21,7 +21,7 @@ from cgn.paths import cgn_home
 FIELDS = ["train.epochs", "train.max_steps", "train.batch_size", "loss.ssim_weight",
           "loss.border_weight", "loss.feature_extractor", "loss.feature_scale",
           "loss.allow_download", "loss.precision", "train.seed", "train.data_seed", "train.textures",
-          "train.limit_train", "train.device", "train.threads"]
+          "train.limit_train", "train.ema_decay", "train.device", "train.threads"]
 
 
 def register(sub: argparse._SubParsersAction) -> None:
