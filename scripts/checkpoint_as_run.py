@@ -40,7 +40,8 @@ def checkpoint_as_run(checkpoint: Path, out: Path, weights: str = "saved") -> Pa
                     optim=ckpt["optim"], rng=ckpt["rng"], extra=extra)
     t = config["train"]
     write_results(out, {"dataset": t["dataset"], "steps": int(ckpt["step"]),
-                        "generator": f"ema (decay {t['ema_decay']:g})" if averaged else "trained",
+                        "generator": f"ema (decay {t['ema_decay']:g} from step {t['ema_start']})"
+                        if averaged else "trained",
                         "source": f"{checkpoint} at step {ckpt['step']}",
                         "checkpoint": str(dest.resolve())})
     return dest

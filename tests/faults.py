@@ -32,6 +32,7 @@ def stop_at_random(args: list[str], ready: Callable[[], bool], sig: int, seed: i
     Returns (exit status, stderr, the delay used) -- the delay goes into assertion messages so a
     failure can be replayed."""
     delay = random.Random(seed).uniform(0, max_delay)
+    primed = ready()  # a predicate that holds before the start says nothing about progress
     proc = cgn_process(args)
     start = time.monotonic()
     while not ready() and proc.poll() is None and time.monotonic() - start < timeout:
@@ -41,11 +42,12 @@ def stop_at_random(args: list[str], ready: Callable[[], bool], sig: int, seed: i
         proc.send_signal(sig)
     _, err = proc.communicate(timeout=timeout)
     rc = proc.returncode
-    if rc == -sig and sig in (signal.SIGINT, signal.SIGTERM) and ready():
+    if rc == -sig and sig in (signal.SIGINT, signal.SIGTERM) and not primed:
         # cgn turns both signals into a clean stop from the start of its main to its end; dying
-        # of one after ready() means it came during Python's shutdown (which restores the default
-        # handlers), after the command had finished: on a fast machine it may. Report that as
-        # finished, as if the signal had come after the exit.
+        # of one once ready() came true (it was false before the start, so the work had begun)
+        # means it came during Python's shutdown (which restores the default handlers), after
+        # the command had finished: on a fast machine it may. Report that as finished, as if
+        # the signal had come after the exit.
         rc = 0
     return rc, err, delay
 
