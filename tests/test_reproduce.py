@@ -187,3 +187,37 @@ def test_quick_takes_the_shipped_cgn_and_train_cgn_trains_one(tmp_path, capsys):
     assert main(["reproduce", "mnist", "--train-cgn", "--cgn", "pretrained", "--out", str(tmp_path / "r")]) == 2
     assert "--train-cgn trains the CGNs; drop --cgn pretrained" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+
+
+def test_a_wildlife_cgn_run_is_evaluated_only_on_its_own_textures(tmp_path, capsys):
+    """--cgn-run wildlife-mnist=RUN of a CGN trained on a texture folder: the reproduction must
+    build Wildlife MNIST from the same folder (else the CGN's counterfactuals and the real and
+    OOD images would show different textures); refused in one line before any work."""
+    require_mnist()
+    require_hed()
+    from PIL import Image as PILImage
+    for name, red in (("tex", 25), ("other", 20)):
+        for part in ("object", "background"):
+            (tmp_path / name / part).mkdir(parents=True)
+            for c in range(10):
+                PILImage.new("RGB", (8, 8), (red * c, 40, 0)).save(tmp_path / name / part / f"{c}_a.png")
+    run = tmp_path / "cgn"
+    assert main(["train-cgn", "--preset", "wildlife-mnist", "--steps", "2", "--batch-size", "4",
+                 "--limit-train", "16", "--threads", "1", "--textures", str(tmp_path / "tex"),
+                 "--out", str(run)]) == 0
+    assert json.loads((run / "results.json").read_text())["data"]["texture_set"].startswith("folder:tex:")
+    capsys.readouterr()
+    for extra, msg in (([], "was trained with the texture folder 'tex'; pass the same folder with --textures DIR"),
+                       (["--textures", str(tmp_path / "other")], "--textures gives the texture set folder:other:")):
+        out = tmp_path / f"rep{len(extra)}"
+        assert main(_argv(out, "--cgn", "trained", "--train-set", "real+cf", *extra,
+                          "--cgn-run", f"wildlife-mnist={run}", datasets=("wildlife-mnist",))) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert msg in err[-1] and f"--cgn-run wildlife-mnist={run}" in err[-1], err
+        assert not out.exists()  # refused before anything was written
+    # The folder it was trained on is accepted (the run itself is test_reproduce_trained_...'s).
+    from cgn.mnist.reproduce import ReproduceConfig, Reproduction
+    cfg = ReproduceConfig(datasets=["wildlife-mnist"], textures=str(tmp_path / "tex"),
+                          cgn_runs={"wildlife-mnist": str(run)})
+    Reproduction(cfg, tmp_path / "ok", "cgn reproduce mnist")
+    assert (tmp_path / "ok" / "config.json").exists()

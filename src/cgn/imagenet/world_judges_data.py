@@ -60,16 +60,9 @@ def stacked(batch):
 
 def texture_set(manifest: dict, textures: str | os.PathLike | None):
     """The texture set a wildlife world was painted with (``textures``: its folder, if any)."""
-    from cgn.mnist.textures import get_textures
+    from cgn.mnist.textures import matching_textures
     want = manifest.get("source", {}).get("texture_set", "procedural")
-    if want != "procedural" and not textures:
-        raise CGNError(f"this world was painted with the texture folder {want.split(':')[1]!r}; "
-                       "pass the same folder with --textures DIR")
-    tex = get_textures(textures or None)
-    if tex.name != want:
-        raise CGNError(f"--textures gives the texture set {tex.name}, but the world was painted "
-                       f"with {want}; pass the folder the world was built with")
-    return tex
+    return matching_textures(want, textures, "this world was painted")
 
 
 def _wildlife_crops(arrays: dict, tex, which: str, size: int) -> np.ndarray:

@@ -150,7 +150,12 @@ class Reproduction:
     def __init__(self, cfg: ReproduceConfig, out: str | Path, command: str, resume: bool = True):
         self.cfg, self.out, self.command = cfg, Path(out), command
         for dataset, run_dir in cfg.cgn_runs.items():  # fail before any work, not halfway
-            finished_cgn_run(dataset, run_dir)
+            res = finished_cgn_run(dataset, run_dir)
+            want = (res.get("data") or {}).get("texture_set")
+            if dataset == "wildlife-mnist" and want:  # its textures are the ones evaluated on
+                from cgn.mnist.textures import matching_textures
+                matching_textures(want, self.textures(dataset),
+                                  f"the CGN of --cgn-run {dataset}={run_dir} was trained")
         for dataset in cfg.datasets if cfg.cgn == "reference" else []:
             reference_checkpoint(cfg.reference_dir, dataset)
         if cfg.cgn == "pretrained":

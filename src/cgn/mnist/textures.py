@@ -108,3 +108,16 @@ def procedural_textures() -> TextureSet:
 
 def get_textures(folder: str | os.PathLike | None) -> TextureSet:
     return procedural_textures() if folder is None else load_texture_folder(folder)
+
+
+def matching_textures(want: str, textures: str | os.PathLike | None, made: str) -> TextureSet:
+    """The texture set of ``textures`` (a folder, or None: procedural), checked to be ``want``:
+    the set something was ``made`` with ("this world was painted", "that CGN was trained")."""
+    if want != "procedural" and not textures:
+        raise CGNError(f"{made} with the texture folder {want.split(':')[1]!r}; "
+                       "pass the same folder with --textures DIR")
+    tex = get_textures(textures or None)
+    if tex.name != want:
+        raise CGNError(f"--textures gives the texture set {tex.name}, but {made} with {want}; "
+                       "pass the folder it was made with")
+    return tex
