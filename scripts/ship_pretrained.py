@@ -34,8 +34,11 @@ def main() -> None:
     dataset = cfg["config"]["train"]["dataset"]
     env = cfg.get("environment", {})
     argv = list(env.get("argv", []))[1:]
-    if "--out" in argv:  # the run's own folder is a path of the training machine
-        argv[argv.index("--out") + 1] = f"runs/{a.run.name}"
+    # paths of the training machine: the run's own folder, and the texture folder (as `cgn
+    # download mnist-textures` lays it out; the digest in texture_set says which images it held)
+    for flag, portable in (("--out", f"runs/{a.run.name}"), ("--textures", "data/textures")):
+        if flag in argv:
+            argv[argv.index(flag) + 1] = portable
     import torch
     step = int(torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)["step"])
     total = cfg["config"]["train"].get("max_steps")
@@ -45,6 +48,7 @@ def main() -> None:
               "interim": None if res else f"checkpoint at step {step:,} of a {total:,}-step run",
               "feature_extractor": res.get("feature_extractor") or cfg["config"].get("resolved", {}).get("feature_extractor"),
               "precision": res.get("precision"),
+              "texture_set": (res.get("data") or {}).get("texture_set"),
               "shape_accuracy": res.get("shape_accuracy"), "mask_mean": res.get("mask_mean"),
               "train_seconds": res.get("train_seconds"),
               "checkpoint": a.checkpoint}
@@ -61,8 +65,9 @@ def main() -> None:
     print(f"{out}: {info['bytes']:,} bytes, sha256 {info['sha256']}, largest weight change "
           f"{info['max_cast_error']:.2e}, largest pixel change {diff:.4f} (of a [-1, 1] range)")
     print(f'    "{dataset}": ShippedCGN("{dataset}", "{out.name}", "{info["sha256"]}"),')
+    textures = " --textures data/textures" if record["texture_set"] not in (None, "procedural") else ""
     print(f"measure: cgn reproduce mnist --dataset {dataset} --cgn pretrained --size 1e6 "
-          f"--train-set real+cf --out runs/pretrained-{dataset}")
+          f"--train-set real+cf{textures} --out runs/pretrained-{dataset}")
 
 
 if __name__ == "__main__":

@@ -41,6 +41,26 @@ def test_export_is_small_fp16_and_samples_like_the_original(tiny_cgn_file, expor
     assert (a - b).abs().max() < 2e-2  # fp16 weights move a pixel by < 1 % of its range
 
 
+def test_export_names_no_folder_of_the_training_machine(tmp_path):
+    """A shipped file's config keeps only the last part of an absolute path (the texture folder
+    of a wildlife run); relative paths and other values are kept."""
+    from cgn.config import to_dict
+    from cgn.core.checkpoint import load_checkpoint, save_checkpoint
+    from cgn.mnist.model import MnistCGN
+    from cgn.presets import preset
+    cfg = to_dict(preset("wildlife-mnist"))
+    cfg["train"]["textures"] = str(tmp_path / "data" / "textures")
+    cfg["train"]["dataset"] = "wildlife-mnist"
+    ckpt = tmp_path / "cgn.pt"
+    save_checkpoint(ckpt, kind="mnist-cgn", step=0, config=cfg, model=MnistCGN(preset("wildlife-mnist").model).state_dict())
+    pretrained.export_weights(ckpt, tmp_path / "w.pt", provenance={"command": "test"})
+    shipped = load_checkpoint(tmp_path / "w.pt", kind=pretrained.WEIGHTS_KIND)["config"]
+    assert shipped["train"]["textures"] == "textures"
+    assert str(tmp_path) not in repr(shipped)
+    assert {k: v for k, v in shipped["train"].items() if k != "textures"} == \
+        {k: v for k, v in cfg["train"].items() if k != "textures"}
+
+
 def test_lookup_by_name_checks_the_digest(exported, tmp_path):
     out, info = exported
     registry = {"double-colored-mnist": pretrained.ShippedCGN("double-colored-mnist", out.name, info["sha256"])}

@@ -151,17 +151,15 @@ class Reproduction:
         self.cfg, self.out, self.command = cfg, Path(out), command
         for dataset, run_dir in cfg.cgn_runs.items():  # fail before any work, not halfway
             res = finished_cgn_run(dataset, run_dir)
-            want = (res.get("data") or {}).get("texture_set")
-            if dataset == "wildlife-mnist" and want:  # its textures are the ones evaluated on
-                from cgn.mnist.textures import matching_textures
-                matching_textures(want, self.textures(dataset),
-                                  f"the CGN of --cgn-run {dataset}={run_dir} was trained")
+            self.check_textures(dataset, (res.get("data") or {}).get("texture_set"),
+                                f"the CGN of --cgn-run {dataset}={run_dir} was trained")
         for dataset in cfg.datasets if cfg.cgn == "reference" else []:
             reference_checkpoint(cfg.reference_dir, dataset)
         if cfg.cgn == "pretrained":
-            from cgn.mnist.pretrained import shipped_path
+            from cgn.mnist.pretrained import provenance
             for dataset in cfg.datasets:
-                shipped_path(dataset)
+                self.check_textures(dataset, provenance(dataset).get("texture_set"),
+                                    f"the shipped CGN {dataset} was trained")
         self.run = RunDir(self.out, asdict(cfg), resume=resume)
         stored, new = self.run.stored_config(), asdict(cfg)
         diff = self.run.check_resume(ReproduceConfig, new)
@@ -191,6 +189,13 @@ class Reproduction:
     def textures(self, dataset: str) -> str | None:
         """The texture folder the variant is built with (Wildlife MNIST only)."""
         return self.cfg.textures if dataset == "wildlife-mnist" else None
+
+    def check_textures(self, dataset: str, texture_set: str | None, made: str) -> None:
+        """A given CGN of Wildlife MNIST is evaluated on the textures it was trained on (else its
+        counterfactuals and the real and OOD images would show different ones)."""
+        if dataset == "wildlife-mnist" and texture_set:
+            from cgn.mnist.textures import matching_textures
+            matching_textures(texture_set, self.textures(dataset), made)
 
     # -- steps ---------------------------------------------------------------------------------
     def cgn_checkpoint(self, dataset: str, kind: str) -> tuple[Path, bool, Path | None]:

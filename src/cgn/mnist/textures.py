@@ -117,7 +117,7 @@ def matching_textures(want: str, textures: str | os.PathLike | None, made: str) 
         raise CGNError(f"{made} with the texture folder {want.split(':')[1]!r}; "
                        "pass the same folder with --textures DIR")
     tex = get_textures(textures or None)
-    if tex.name != want:
+    if tex.name.rsplit(":", 1)[-1] != want.rsplit(":", 1)[-1]:  # the images' digest, not the folder's name
         raise CGNError(f"--textures gives the texture set {tex.name}, but {made} with {want}; "
                        "pass the folder it was made with")
     return tex
