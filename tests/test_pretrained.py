@@ -112,12 +112,12 @@ def test_all_three_are_shipped_and_draw_the_asked_shapes(tmp_path):
         assert z["images"].shape == (4, 32, 32, 3) and (z["shape_labels"] == 3).all()
         model = cgn.load_cgn(name)
         shapes = torch.arange(50) % 10
-        s = cgn.sample(model, shape=shapes, texture=(shapes + 3) % 10, background=(shapes + 6) % 10, n=50, seed=0)
+        draw = lambda shift: cgn.sample(model, shape=shapes, texture=(shapes + shift) % 10,  # noqa: E731
+                                        background=(shapes + 6) % 10, n=50, seed=0)
+        s = draw(3)
         assert shape_accuracy(s.mask, shapes) >= 0.8, name
-        again = cgn.sample(model, shape=shapes, texture=(shapes + 3) % 10, background=(shapes + 6) % 10, n=50, seed=0)
-        assert torch.equal(s.composite, again.composite)
-        other = cgn.sample(model, shape=shapes, texture=(shapes + 4) % 10, background=(shapes + 6) % 10, n=50, seed=0)
-        assert (other.foreground - s.foreground).abs().mean() > 0.05, name
+        assert torch.equal(s.composite, draw(3).composite)
+        assert (draw(4).foreground - s.foreground).abs().mean() > 0.05, name
 
 
 def test_the_shipped_wildlife_cgn_is_evaluated_only_on_its_textures(tmp_path):
