@@ -1,6 +1,7 @@
 """Seconds per training step of the three models the world pipeline trains most, per weight layout.
 
     .venv/bin/python benchmarks/world_steps.py [--threads 1] [--rounds 3] [--stages biggan cgn classifier]
+    .venv/bin/python benchmarks/world_steps.py --axis precision     # fp32 against bf16 autocast
 
 Stages (the shapes of the 32-px world presets; weights random, data random, so nothing needs
 downloading):
@@ -12,7 +13,9 @@ downloading):
   classifier  one SGD step (batch 64 real + 64 counterfactual images, three heads) of ``cgn
               imagenet train-classifier --preset world-32-classifier``.
 Each stage is timed with its convolution weights in channels_last (what the trainers use) and in
-the default contiguous layout, interleaved in rounds; prints the median wall seconds per step, the
+the default contiguous layout (``--axis layout``), or in fp32 and under bf16 (``--axis
+precision``: the trainers' ``precision`` setting; for the classifier, autocast around the step),
+interleaved in rounds; prints the median wall seconds per step, the
 process CPU seconds per step divided by the thread count, and the machine's instruction-set level.
 """
 
@@ -37,6 +40,7 @@ from cgn.presets import preset  # noqa: E402
 from timing import interleaved, median  # noqa: E402
 
 LAYOUTS = ("channels_last", "contiguous")
+PRECISIONS = ("bf16", "fp32")
 
 
 def set_layout(modules, layout: str) -> None:
@@ -45,15 +49,15 @@ def set_layout(modules, layout: str) -> None:
         m.to(memory_format=fmt)
 
 
-def biggan_stage(tmp: Path) -> tuple[Callable[[], object], list]:
+def biggan_stage(tmp: Path, precision: str = "fp32") -> tuple[Callable[[], object], list]:
     from cgn.imagenet.biggan_pretrain import Trainer
     rng = np.random.default_rng(0)
     data = tmp / "train.npz"
     np.savez(data, images=rng.integers(0, 256, (512, 32, 32, 3), dtype=np.uint8),
              labels=np.arange(512) % 10)
     cfg = override(preset("world-32", "imagenet pretrain biggan"),
-                   {"train.data": str(data), "train.threads": 0})
-    tr = Trainer(cfg, tmp / "biggan", quiet=True)
+                   {"train.data": str(data), "train.threads": 0, "train.precision": precision})
+    tr = Trainer(cfg, tmp / f"biggan-{precision}", quiet=True)
 
     def step():
         tr.train_step()
@@ -61,11 +65,12 @@ def biggan_stage(tmp: Path) -> tuple[Callable[[], object], list]:
     return step, [tr.G, tr.D, tr.G_ema]
 
 
-def cgn_stage(tmp: Path) -> tuple[Callable[[], object], list]:
+def cgn_stage(tmp: Path, precision: str = "fp32") -> tuple[Callable[[], object], list]:
     from cgn.imagenet.train import Trainer
     cfg = override(preset("world-32-cgn", "imagenet train"),
-                   {"model.random_init": True, "loss.feature_extractor": "random", "train.batch_acc": 1})
-    tr = Trainer(cfg, tmp / "cgn", quiet=True)
+                   {"model.random_init": True, "loss.feature_extractor": "random", "train.batch_acc": 1,
+                    "train.precision": precision})
+    tr = Trainer(cfg, tmp / f"cgn-{precision}", quiet=True)
     count = itertools.count()
 
     def step():
@@ -74,7 +79,7 @@ def cgn_stage(tmp: Path) -> tuple[Callable[[], object], list]:
     return step, [tr.model, tr.losses]
 
 
-def classifier_stage(tmp: Path) -> tuple[Callable[[], object], list]:
+def classifier_stage(tmp: Path, precision: str = "fp32") -> tuple[Callable[[], object], list]:
     from cgn.imagenet.classifier_train import build_model, ensemble_loss
     cfg = preset("world-32-classifier", "imagenet train-classifier")
     model = build_model(cfg, pretrained=False).train()
@@ -89,7 +94,9 @@ def classifier_stage(tmp: Path) -> tuple[Callable[[], object], list]:
 
     def step():
         opt.zero_grad(set_to_none=True)
-        loss_fn(model, ((x_real, y_real), (x_cf, *y_cf))).loss.backward()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            loss = loss_fn(model, ((x_real, y_real), (x_cf, *y_cf))).loss
+        loss.backward()
         opt.step()
     return step, [model]
 
@@ -102,27 +109,34 @@ def main() -> None:
     ap.add_argument("--stages", nargs="+", default=list(STAGES), choices=list(STAGES))
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--calls", type=int, default=2, help="timed steps per layout and round")
+    ap.add_argument("--calls", type=int, default=2, help="timed steps per variant and round")
+    ap.add_argument("--axis", choices=("layout", "precision"), default="layout",
+                    help="what is compared: weight layouts, or fp32 against bf16")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     print(f"{machine_summary()}; load average {os.getloadavg()}")
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.stages:
-            step, modules = STAGES[name](Path(tmp))
+            if args.axis == "precision":
+                variants = {p: STAGES[name](Path(tmp), p)[0] for p in PRECISIONS}
+                ref_name = "fp32"
+            else:
+                step, modules = STAGES[name](Path(tmp))
 
-            def timed(layout: str, step=step, modules=modules) -> Callable[[], object]:
-                def fn():
-                    set_layout(modules, layout)
-                    return step()
-                return fn
-            times = interleaved({lay: timed(lay) for lay in LAYOUTS}, rounds=args.rounds,
-                                calls=args.calls, warmup=1)
-            ref = median(times["contiguous"])
-            for lay in LAYOUTS:
-                wall = median(times[lay])
-                cpu = median(times[lay], "cpu") / args.threads
-                print(f"{name:11s} {lay:14s} {wall:.3f} s/step [CPU time / threads {cpu:.3f}]"
-                      f"  x{ref / wall:.2f} vs contiguous")
+                def timed(layout: str, step=step, modules=modules) -> Callable[[], object]:
+                    def fn():
+                        set_layout(modules, layout)
+                        return step()
+                    return fn
+                variants = {lay: timed(lay) for lay in LAYOUTS}
+                ref_name = "contiguous"
+            times = interleaved(variants, rounds=args.rounds, calls=args.calls, warmup=1)
+            ref = median(times[ref_name])
+            for v in variants:
+                wall = median(times[v])
+                cpu = median(times[v], "cpu") / args.threads
+                print(f"{name:11s} {v:14s} {wall:.3f} s/step [CPU time / threads {cpu:.3f}]"
+                      f"  x{ref / wall:.2f} vs {ref_name}")
     print(f"load average at the end {os.getloadavg()}")
 
 

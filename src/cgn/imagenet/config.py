@@ -159,6 +159,9 @@ class TrainConfig:
                 "classes for 1000 classes, else its first classes (up to 16); fixed when the run "
                 "starts"})
     sample_truncation: float = field(default=0.5, metadata={"help": "truncation of sample sheets"})
+    precision: Literal["auto", "bf16", "fp32"] = field(default="auto", metadata={"resume": "free",
+        "help": "the CGN's forward (and the style losses' VGG) under bf16 autocast, fp32, or auto "
+                "(bf16 only where it is faster: CPUs with AMX, bf16 GPUs)"})
     fixed_noise: str = field(default="", metadata={
         "help": "(1, z_dim) noise file of the sample sheets; empty = the authors' (cgn download "
                 "imagenet-sheet-noise) when present and fitting, else seeded"})

@@ -81,18 +81,19 @@ class LossTerms:
 
 
 class ImageNetCGNLosses(nn.Module):
-    """All six losses; one frozen VGG16 serves both style losses."""
+    """All six losses; one frozen VGG16 serves both style losses. Inputs in float32."""
 
     def __init__(self, cfg: LossConfig, extractor: VGG16Features | None = None,
-                 source: FeatureSource | None = None):
+                 source: FeatureSource | None = None, autocast_bf16: bool = False):
         super().__init__()
         self.cfg = cfg
         if extractor is None:
             extractor, source = load_vgg16(cfg.feature_extractor, weights=cfg.vgg16 or None,
                                            seed=cfg.feature_seed, allow_download=cfg.allow_download)
         self.source = source
-        self.perc = StyleLoss(extractor, cfg.perc)
-        self.text = StyleLoss(extractor, cfg.text)
+        # with autocast_bf16 the VGG forward runs in bfloat16, the Gram matrices in float32
+        self.perc = StyleLoss(extractor, cfg.perc, autocast_bf16=autocast_bf16)
+        self.text = StyleLoss(extractor, cfg.text, autocast_bf16=autocast_bf16)
 
     def forward(self, x_gen: torch.Tensor, x_gt: torch.Tensor, mask: torch.Tensor,
                 foreground: torch.Tensor, background_mask: torch.Tensor,

@@ -73,6 +73,12 @@ class CGNOutput:
     def composite(self) -> torch.Tensor:
         return compose(self.mask, self.foreground, self.background)
 
+    def float(self) -> "CGNOutput":
+        """Every tensor in float32 (the outputs of a forward under bf16 autocast, for the losses)."""
+        return CGNOutput(*(None if t is None else t.float() for t in
+                           (self.mask, self.premask, self.foreground, self.background,
+                            self.background_mask, self.x_gt)))
+
 
 class ImageNetCGN(nn.Module):
     mechanisms = ("shape", "texture", "background")

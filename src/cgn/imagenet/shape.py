@@ -24,4 +24,6 @@ class ShapeMechanism(BigGAN):
              clamp: float = 1e-4) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns (mask [B, 1, R, R], premask [B, 3, R, R])."""
         premask = self(u, y, truncation)
-        return u2net(premask).clamp(clamp, 1 - clamp), premask
+        # float32 before the clamp: under bf16 autocast 1 - 1e-4 rounds to 1, where the binary
+        # entropy of the mask is not finite
+        return u2net(premask).float().clamp(clamp, 1 - clamp), premask
