@@ -53,6 +53,16 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
         f.write(text)
 
 
+def portable_paths(value: Any) -> Any:
+    """``value`` (a config or record) with each absolute path cut to its last part: a shipped
+    file names no folder of the machine it was made on."""
+    if isinstance(value, dict):
+        return {k: portable_paths(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [portable_paths(v) for v in value]
+    return Path(value).name if isinstance(value, str) and os.path.isabs(value) else value
+
+
 def finite_json(obj: Any) -> Any:
     """``obj`` with every NaN / infinity replaced by ``None``: JSON has no such numbers, and a
     file holding them (Python's ``NaN``) is not valid JSON for any other reader."""

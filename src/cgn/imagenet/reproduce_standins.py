@@ -134,7 +134,7 @@ def _finished(kind: str, folder: Path, res: dict | None) -> Path | None:
     return folder if all((folder / f"{j}.pt").is_file() for j in JUDGE_FILES) else None
 
 
-def _train(kind: str, c, folder: Path, rep) -> None:
+def _train(kind: str, c, folder: Path, log=lambda s: None) -> None:
     if kind == "biggan":
         from cgn.imagenet.biggan_pretrain import train
         train(c, folder, resume=True, quiet=True)
@@ -143,7 +143,7 @@ def _train(kind: str, c, folder: Path, rep) -> None:
         train_u2net(c, folder, resume=True)
     else:
         from cgn.imagenet.world_judges_train import train_judges
-        train_judges(c, folder, resume=True, log=lambda s: rep.run.log(f"judges: {s}", echo=False))
+        train_judges(c, folder, resume=True, log=log)
 
 
 def _given_results(kind: str, path: Path) -> dict | None:
@@ -155,38 +155,74 @@ def _given_results(kind: str, path: Path) -> dict | None:
         return None
 
 
-def ensure_stand_ins(rep) -> dict:
-    """Paths of the three stand-ins (training the missing ones) and ``pretrain_time_s``: the
-    sum of their runs' ``train_seconds`` (None when a given stand-in's run is unknown)."""
+def ensure_stand_ins(rep, *, registry=None, pack_dir: Path | None = None) -> dict:
+    """Paths of the three stand-ins and ``pretrain_time_s``: the sum of their runs'
+    ``train_seconds`` (None when a given stand-in's run is unknown). A missing stand-in is
+    installed from the ones shipped with cgn when they match (:mod:`cgn.imagenet.shipped`),
+    otherwise trained; with ``jobs > 1`` the ones to train are trained in worker processes."""
+    from cgn.imagenet import shipped
     from cgn.imagenet.world_data import read_manifest
     manifest = read_manifest(rep.world)
     key = world_key(manifest)[:16]
     configs = stand_in_configs(rep, manifest)
     given = {"biggan": rep.cfg.biggan, "u2net": rep.cfg.u2net, "judges": rep.cfg.judges}
+    folders = {kind: cache_dir("stand-ins", key, f"{kind}-{c.preset}-{_digest(kind, c)}")
+               for kind, c in configs.items() if not given[kind]}
+    to_train = []
+    for kind, folder in folders.items():
+        if _finished(kind, folder, read_results(folder)) is not None:
+            rep.log(f"stand-in {kind}: cached, {folder}; skipped")
+            continue
+        entry = shipped.find(kind, key, configs[kind].preset, _digest(kind, configs[kind]), registry)
+        if entry is not None and not (folder / "checkpoints").is_dir():
+            shipped.install(entry, folder, pack_dir)
+            rep.log(f"stand-in {kind}: installed the one shipped with cgn into {folder}")
+        else:
+            to_train.append(kind)
+    if to_train:
+        for kind in to_train:
+            rep.log(f"stand-in {kind}: training with preset {configs[kind].preset} into {folders[kind]}")
+        _train_all({k: (k, configs[k], str(folders[k])) for k in to_train}, rep)
     out: dict = {"world_key": key, "train_seconds": {}}
-    for kind, c in configs.items():
+    for kind in configs:
         if given[kind]:
             path = Path(given[kind]).expanduser().resolve()
             res = _given_results(kind, path)
             rep.log(f"stand-in {kind}: given, {path}")
         else:
-            folder = cache_dir("stand-ins", key, f"{kind}-{c.preset}-{_digest(kind, c)}")
-            res = read_results(folder)
-            path = _finished(kind, folder, res)
+            res = read_results(folders[kind])
+            path = _finished(kind, folders[kind], res)
             if path is None:
-                rep.log(f"stand-in {kind}: training with preset {c.preset} into {folder}")
-                _train(kind, c, folder, rep)
-                res = read_results(folder)
-                path = _finished(kind, folder, res)
-                if path is None:
-                    raise CGNError(f"the {kind} stand-in in {folder} did not finish; rerun to resume it")
-            else:
-                rep.log(f"stand-in {kind}: cached, {path}; skipped")
+                raise CGNError(f"the {kind} stand-in in {folders[kind]} did not finish; rerun to resume it")
         out[kind] = str(path)
         out["train_seconds"][kind] = None if res is None else res.get("train_seconds")
     secs = out["train_seconds"].values()
     out["pretrain_time_s"] = None if None in secs else round(sum(secs), 1)
     return out
+
+
+def _train_all(tasks: dict, rep) -> None:
+    """Train the stand-ins of ``tasks`` (kind: (kind, config, folder)): in this process, or with
+    ``jobs > 1`` in worker processes (the BigGAN's hour beside the U2-Net and the judges)."""
+    import os
+    workers = min(rep.cfg.jobs, len(tasks))
+    if workers <= 1:
+        for kind, c, folder in tasks.values():
+            _train(kind, c, Path(folder), lambda s: rep.run.log(f"judges: {s}", echo=False))
+        return
+    from cgn.core.workers import run_in_workers
+    threads = rep.cfg.threads or max(1, (os.cpu_count() or 1) // workers)
+
+    def on_done(kind, _result, error):
+        rep.log(f"stand-in {kind}: " + ("trained" if error is None else f"failed: {error}"))
+
+    thread_field = {"biggan": "train.threads", "u2net": "train.threads", "judges": "threads"}
+    tasks = {k: (kind, override(c, {thread_field[kind]: threads}), folder) for k, (kind, c, folder) in tasks.items()}
+    run_in_workers(_train_in_worker, tasks, workers, threads, on_done)
+
+
+def _train_in_worker(kind: str, c, folder: str) -> None:
+    _train(kind, c, Path(folder))
 
 
 # -- the stand-ins' checks ----------------------------------------------------------------------

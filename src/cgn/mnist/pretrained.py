@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 from cgn.errors import CGNError
+from cgn.io import portable_paths
 
 WEIGHTS_KIND = "mnist-cgn-weights"
 WEIGHTS_DIR = Path(__file__).with_name("weights")
@@ -117,19 +118,9 @@ def export_weights(checkpoint: str | os.PathLike, out: str | os.PathLike, *, pro
     extra = {"feature_extractor": ckpt.get("extra", {}).get("feature_extractor", ""),
              "provenance": {**provenance, "weights_dtype": str(dtype).replace("torch.", ""),
                             "source_step": int(ckpt["step"])}}
-    save_checkpoint(out, kind=WEIGHTS_KIND, step=ckpt["step"], config=_portable(ckpt["config"]), model=state,
+    save_checkpoint(out, kind=WEIGHTS_KIND, step=ckpt["step"], config=portable_paths(ckpt["config"]), model=state,
                     extra=extra)
     return {"sha256": file_sha256(out), "bytes": Path(out).stat().st_size, "max_cast_error": cast_error}
-
-
-def _portable(value):
-    """``value`` (a config) with each absolute path cut to its last part: a shipped file names no
-    folder of the machine it was trained on (the texture set's digest says which images it used)."""
-    if isinstance(value, dict):
-        return {k: _portable(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_portable(v) for v in value]
-    return Path(value).name if isinstance(value, str) and os.path.isabs(value) else value
 
 
 def provenance(name: str) -> dict:
