@@ -299,7 +299,7 @@ def claims_md(rows: list[dict], quick: bool) -> str:
     lines += [f"| {r['claim']} | {r['measured']} | {mark[r['holds']]} |" for r in rows]
     if not quick and any(r["holds"] is False for r in rows):
         lines += ["", "Why the claims that fail do so in the default run on Wildlife MNIST, with the "
-                  "measurements: docs/world.md, \"The first default run\"."]
+                  "measurements: docs/world.md, \"The default runs\"."]
     return "\n".join(lines) + "\n"
 
 
