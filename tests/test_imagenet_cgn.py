@@ -193,6 +193,21 @@ def test_dataset_is_written_and_regenerates_bit_identically(tmp_path, tiny_model
         generate_dataset(model, tmp_path, "val", 2, DatasetSpec("fixed", 7, 0.5, None, "tiny", False))
 
 
+def test_sampling_skips_only_what_the_losses_need(tiny_model):
+    """Generation leaves out x_gt and the background's saliency; the images are the training
+    forward's."""
+    model = tiny_model.eval()
+    u = truncated_noise(3, model.z_dim, 0.5, torch.Generator().manual_seed(0))
+    classes = [[1, 2, 3], [4, 5, 6], [0, 7, 8]]
+    fast = render(model, u, classes, 0.5)
+    with torch.no_grad():
+        full = model(u, *(model.class_vector([c[i] for c in classes]) for i in range(3)), 0.5)
+    assert fast.background_mask is None and fast.x_gt is None and full.background_mask is not None
+    for f in ("mask", "premask", "foreground", "background"):
+        assert torch.equal(getattr(fast, f), getattr(full, f)), f
+    assert torch.equal(fast.composite(), full.composite())
+
+
 def test_interpolations_and_gif(tmp_path, tiny_model):
     model = tiny_model.eval()
     u = truncated_noise(1, model.z_dim, 0.5, torch.Generator().manual_seed(0))

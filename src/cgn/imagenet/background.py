@@ -16,7 +16,8 @@ from cgn.imagenet.biggan import BigGAN
 
 class BackgroundMechanism(BigGAN):
     def background(self, u: torch.Tensor, y: torch.Tensor, truncation: float,
-                   u2net: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
-        """Returns (b [B, 3, R, R], U2-Net saliency of b [B, 1, R, R])."""
+                   u2net: nn.Module | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Returns (b [B, 3, R, R], U2-Net saliency of b [B, 1, R, R]; None without a U2-Net:
+        only the background loss needs it)."""
         b = self(u, y, truncation)
-        return b, u2net(b)
+        return b, None if u2net is None else u2net(b)

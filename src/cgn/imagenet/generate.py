@@ -95,7 +95,8 @@ def render(model: ImageNetCGN, u: torch.Tensor, classes: torch.Tensor | Sequence
     else:
         c = torch.as_tensor(classes, dtype=torch.long).view(-1, 3)
         ys = [model.class_vector(c[:, i]) for i in range(3)]
-    return model(u.to(dev), *ys, truncation=truncation, with_reference=with_reference)
+    return model(u.to(dev), *ys, truncation=truncation, with_reference=with_reference,
+                 with_background_mask=False)
 
 
 def to_unit(x: torch.Tensor) -> torch.Tensor:
@@ -207,7 +208,7 @@ def interpolate(model: ImageNetCGN, u: torch.Tensor, classes: Sequence[int], tar
     outs = [render(model, u.expand(1, -1), torch.stack([y[j:j + 1] for y in ys]), truncation)
             for j in range(k)]  # one image at a time: memory stays flat for many midpoints
     return CGNOutput(**{f: torch.cat([getattr(o, f) for o in outs])
-                        for f in ("mask", "premask", "foreground", "background", "background_mask")})
+                        for f in ("mask", "premask", "foreground", "background")}, background_mask=None)
 
 
 def interpolation_sheet(out: CGNOutput, mechanism: str) -> torch.Tensor:

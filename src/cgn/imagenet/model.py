@@ -67,7 +67,7 @@ class CGNOutput:
     premask: torch.Tensor           # [B, 3, R, R] f_shape's image (detached)
     foreground: torch.Tensor        # [B, 3, R, R]
     background: torch.Tensor        # [B, 3, R, R]
-    background_mask: torch.Tensor   # [B, 1, R, R] U2-Net saliency of the background
+    background_mask: torch.Tensor | None  # [B, 1, R, R] U2-Net saliency of the background (training)
     x_gt: torch.Tensor | None = None  # [B, 3, R, R] the frozen BigGAN's image
 
     def composite(self) -> torch.Tensor:
@@ -132,15 +132,18 @@ class ImageNetCGN(nn.Module):
     # -- the forward pass ------------------------------------------------------------------------
     def forward(self, u: torch.Tensor, y_shape: torch.Tensor, y_texture: torch.Tensor,
                 y_background: torch.Tensor, truncation: float,
-                with_reference: bool = True) -> CGNOutput:
-        """u: [B, z_dim]; y_*: [B, num_classes] class vectors. One noise for all mechanisms."""
+                with_reference: bool = True, with_background_mask: bool = True) -> CGNOutput:
+        """u: [B, z_dim]; y_*: [B, num_classes] class vectors. One noise for all mechanisms.
+        ``with_reference``: also G_gt's x_gt; ``with_background_mask``: also the U2-Net saliency
+        of the background (both only for the losses; sampling skips them, a third less work)."""
         x_gt = None
         if with_reference:
             with torch.no_grad():
                 x_gt = self.biggan_GT(u, y_shape, truncation)
         mask, premask = self.f_shape.mask(u, y_shape, truncation, self.u2net, self.mask_clamp)
         foreground = self.f_text.foreground(u, y_texture, truncation)
-        background, bg_mask = self.f_bg.background(u, y_background, truncation, self.u2net)
+        background, bg_mask = self.f_bg.background(u, y_background, truncation,
+                                                   self.u2net if with_background_mask else None)
         return CGNOutput(mask=mask, premask=premask.detach(), foreground=foreground,
                          background=background, background_mask=bg_mask, x_gt=x_gt)
 

@@ -166,7 +166,7 @@ def cgn_mechanism_samples(cgn: nn.Module, n: int, *, num_classes: int | None = N
             sl = slice(a, a + batch_size)
             u = truncated_noise(len(s[sl]), cgn.z_dim, trunc, g).to(cgn.device)
             out = cgn(u, cgn.class_vector(s[sl]), cgn.class_vector(t[sl]), cgn.class_vector(b[sl]),
-                      trunc, with_reference=False)
+                      trunc, with_reference=False, with_background_mask=False)
             parts["masks"].append(out.mask.float().cpu())
             parts["foregrounds"].append(out.foreground.float().clamp(-1, 1).cpu())
             parts["backgrounds"].append(out.background.float().clamp(-1, 1).cpu())
