@@ -145,7 +145,8 @@ def test_each_config_lets_change_what_its_command_did_before():
     assert _rules(CGNTrainConfig) == {"train.epochs": "extend", "train.max_steps": "extend",
                                       "train.device": "free", "train.threads": "free",
                                       "loss.precision": "free"}
-    assert _rules(ImageNetCGNConfig) == {"train.episodes": "extend", "train.keep_every": "free"}
+    assert _rules(ImageNetCGNConfig) == {"train.episodes": "extend", "train.keep_every": "free",
+                                        "train.precision": "free"}
     assert _rules(ClassifierTrainConfig) == {
         **{k: "free" for k in ("data.train_dir", "data.val_dir", "data.cf_dir", "data.class_index",
                                "data.workers", "model.weights_file", "eval.cue_conflict_dir",
