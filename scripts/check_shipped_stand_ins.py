@@ -17,6 +17,7 @@ import tempfile
 from dataclasses import replace
 from pathlib import Path
 
+from cgn.core.results import read_results
 from cgn.imagenet import reproduce_standins as si
 from cgn.imagenet import shipped
 from cgn.imagenet.reproduce import WorldReproduceConfig, WorldReproduction
@@ -28,15 +29,13 @@ def main() -> None:
     ap.add_argument("--eval-samples", type=int, default=WorldReproduceConfig().eval_samples)
     a = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        rep = WorldReproduction.__new__(WorldReproduction)   # its checks, without a run folder
-        rep.cfg = replace(WorldReproduceConfig(), eval_samples=a.eval_samples)
-        rep.world, rep._judges, rep._generator = a.world.resolve(), {}, None
+        cfg = replace(WorldReproduceConfig(), world=str(a.world.resolve()), eval_samples=a.eval_samples)
+        rep = WorldReproduction(cfg, Path(tmp) / "run", "check_shipped_stand_ins")  # a scratch run
         rep.stand_ins = {}
         for entry in shipped.SHIPPED:
             folder = Path(tmp) / entry.folder_name
             shipped.install(entry, folder)
-            rep.stand_ins[entry.kind] = str(si._finished(entry.kind, folder, json.loads(
-                (folder / "results.json").read_text())))
+            rep.stand_ins[entry.kind] = str(si._finished(entry.kind, folder, read_results(folder)))
         out = {"gan": si.gan_check(rep), "u2net": si.u2net_iou(rep)}
     print(json.dumps(out, indent=1))
 
