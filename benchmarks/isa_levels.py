@@ -21,11 +21,16 @@ failed and not measured. Then, interleaved in rounds (benchmarks/timing.py):
   passes alone at the default precision (mode ``floor``);
 - counterfactual generation (images/s): the original loop (mnist_pipeline.OriginalGeneration)
   and `cgn generate` at auto / fp32 / bf16, on a randomly initialised CGN unless --checkpoint;
+  floor: the frozen mechanisms' forward passes alone (mnist_pipeline.GenerationFloor);
 - classifier training (samples/s, batch 64): the original loop (mnist_pipeline.OriginalClassifier)
-  and `cgn train-classifier` at auto / fp32 / bf16, on colored MNIST.
+  and `cgn train-classifier` at auto / fp32 / bf16, on colored MNIST; floor: the classifier's
+  forward and backward passes alone on one batch (mnist_pipeline.ClassifierFloor).
 
-Prints the machine line, then per level the level the kernels report, what ``auto`` chose and one
-Markdown table. ``--quick`` is a smoke check (< 1 min; its numbers mean nothing); ``--list`` only
+Every floor runs at the precision ``auto`` picks for its stage. The process first does what every
+cgn command does (threads, :mod:`cgn.core.allocator`); the original loops run with it too.
+
+Prints the machine line, then per level the level the kernels report, what ``auto`` chose for each
+stage and why, and one Markdown table. ``--quick`` is a smoke check (< 1 min; its numbers mean nothing); ``--list`` only
 checks the caps of every level. Run it on an otherwise idle machine (``OMP_WAIT_POLICY=PASSIVE``
 when other processes compete for the cores).
 """
@@ -62,8 +67,8 @@ COLUMNS = ("original", "default", "fp32", "bf16")
 PRECISIONS = (("default", "auto"), ("fp32", "fp32"), ("bf16", "bf16"))  # column: --precision
 CGN_MODES = {"original": "original-like", "default": "ours-auto", "fp32": "ours-fp32",
              "bf16": "ours-bf16", "floor": "floor"}
-HEADER = ("stage", "original", "default", "fp32", "bf16", "default / original (speed)", "floor",
-          "step / floor")
+HEADER = ("stage", "auto uses", "original", "default", "fp32", "bf16", "default / original (speed)", "floor",
+          "time / floor")
 # what a run measures, full and --quick (explicit options override either)
 FULL = {"presets": list(PRESETS), "steps": 24, "rounds": 3, "cgn_warmup": 5, "gen_images": 2000,
         "clf_steps": 100}
@@ -177,14 +182,15 @@ def cgn_row(preset: str, s: dict, threads: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         trainers = {mode: make_trainer(preset, mode, Path(tmp), s["feature_extractor"]) for mode in CGN_MODES.values()}
         times = time_modes(trainers, s["steps"], s["rounds"], warmup=s["cgn_warmup"])
+        auto = trainers["ours-auto"].precision.as_dict()
     times = {col: times[mode] for col, mode in CGN_MODES.items()}
-    return {"stage": f"CGN step, {preset} (s)", "unit": "s/step", "lower_is_better": True,
+    return {"stage": f"CGN step, {preset} (s)", "unit": "s/step", "lower_is_better": True, "auto": auto,
             **_summary(times, threads), "raw": times}
 
 
 def generation_row(s: dict, threads: int) -> dict:
     import torch
-    from mnist_pipeline import OriginalGeneration, generate_once
+    from mnist_pipeline import GenerationFloor, OriginalGeneration, generate_once
     from timing import interleaved
     from cgn.mnist.model import MnistCGN, load_generator
     if s["checkpoint"]:
@@ -192,36 +198,40 @@ def generation_row(s: dict, threads: int) -> dict:
     else:
         torch.manual_seed(0)
         model = MnistCGN()
-    original, n = OriginalGeneration(model), s["gen_images"]
+    original, floor, n = OriginalGeneration(model), GenerationFloor(model, "auto"), s["gen_images"]
 
     def loops(k: int) -> dict:
-        return {"original": lambda: original(k), **{c: (lambda p=p: generate_once(model, k, p)) for c, p in PRECISIONS}}
+        return {"original": lambda: original(k), **{c: (lambda p=p: generate_once(model, k, p)) for c, p in PRECISIONS},
+                "floor": lambda: floor(k)}
     interleaved(loops(100), rounds=int(s["warmup"]))  # oneDNN primitives, allocator
     times = interleaved(loops(n), s["rounds"])
+    from cgn.mnist.counterfactuals import RENDER_PROBE, resolve_precision
     return {"stage": "counterfactual generation (images/s)", "unit": "images/s", "lower_is_better": False,
-            "images_per_call": n, **_summary(times, threads, n), "raw": times}
+            "auto": resolve_precision("auto", "cpu", probe=RENDER_PROBE).as_dict(), "images_per_call": n, **_summary(times, threads, n), "raw": times}
 
 
 def classifier_row(s: dict, threads: int) -> dict:
-    from mnist_pipeline import OriginalClassifier, classifier_once
+    from mnist_pipeline import ClassifierFloor, OriginalClassifier, classifier_once
     from timing import interleaved
     from cgn.mnist import variants
     variants.load_split("colored-mnist", "train")  # built once per process, before any timing
     variants.load_split("colored-mnist", "test")
-    original, k = OriginalClassifier(), s["clf_steps"]
+    original, floor, k = OriginalClassifier(), ClassifierFloor("auto"), s["clf_steps"]
 
     def loops(n: int) -> dict:
-        return {"original": lambda: original(n), **{c: (lambda p=p: classifier_once(p, n)) for c, p in PRECISIONS}}
+        return {"original": lambda: original(n), **{c: (lambda p=p: classifier_once(p, n)) for c, p in PRECISIONS},
+                "floor": lambda: floor(n)}
     interleaved(loops(2), rounds=int(s["warmup"]))
     times = interleaved(loops(k), s["rounds"])
+    from cgn.mnist.classify import STEP_PROBE, resolve_precision
     return {"stage": "classifier training (samples/s)", "unit": "samples/s", "lower_is_better": False,
-            "steps_per_call": k, **_summary(times, threads, 64 * k), "raw": times}
+            "auto": resolve_precision("auto", "cpu", probe=STEP_PROBE).as_dict(), "steps_per_call": k, **_summary(times, threads, 64 * k), "raw": times}
 
 
 def run_level(level: str, s: dict) -> dict:
     """One level, in this process (its caps already set): the check, then the stages."""
     import torch
-    from cgn.core.precision import machine_summary, resolve_precision
+    from cgn.core.precision import machine_summary
     os.environ.setdefault("CGN_PROGRESS", "0")
     rep = reported(level)
     say = lambda msg: print(f"[{level}] {msg}", flush=True)  # noqa: E731
@@ -231,10 +241,12 @@ def run_level(level: str, s: dict) -> dict:
     if rep["problem"]:
         out["error"] = f"the caps did not take effect: {rep['problem']}"
         return out
-    if s["threads"]:
-        torch.set_num_threads(s["threads"])
+    from cgn.core.runcontrol import set_threads
+    # what every cgn command does first (threads, cgn.core.allocator); the original loops of this
+    # process run with the same allocator, which can only narrow the gap
+    set_threads(s["threads"])
     threads = torch.get_num_threads()
-    out.update(machine=machine_summary(), default_precision=resolve_precision("auto").as_dict(),
+    out.update(machine=machine_summary(),
                load_before=os.getloadavg())
     if "cgn" in s["stages"]:
         for preset in s["presets"]:
@@ -273,8 +285,9 @@ def table(result: dict) -> list[str]:
     for row in result["rows"]:
         v, unit = row["values"], row["unit"]
         speed = v["original"] / v["default"] if row["lower_is_better"] else v["default"] / v["original"]
-        cells = [row["stage"], *(_fmt(v[c], unit) for c in COLUMNS), f"{speed:.2f}x"]
-        cells += [_fmt(v["floor"], unit), f"{v['default'] / v['floor']:.2f}x"] if "floor" in v else ["–", "–"]
+        over_floor = v["default"] / v["floor"] if row["lower_is_better"] else v["floor"] / v["default"]
+        cells = [row["stage"], row.get("auto", {}).get("name", "?"), *(_fmt(v[c], unit) for c in COLUMNS),
+                 f"{speed:.2f}x", _fmt(v["floor"], unit), f"{over_floor:.2f}x"]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
@@ -288,8 +301,9 @@ def report(result: dict) -> list[str]:
         return head + [f"FAILED: {result['error']}"]
     if not result["rows"]:
         return head
-    p = result["default_precision"]
-    head += [result["machine"], f"default precision (--precision auto): {p['name']} ({p['reason']})",
+    head += [result["machine"],
+             *(f"--precision auto, {row['stage']}: {row['auto']['name']} ({row['auto']['reason']})"
+               for row in result["rows"] if "auto" in row),
              f"load average before {tuple(round(x, 2) for x in result['load_before'])}, after "
              f"{tuple(round(x, 2) for x in result['load_after'])}", ""]
     return head + table(result)

@@ -81,6 +81,56 @@ class OriginalGeneration:
             torch.save([torch.cat(xs), torch.cat(labels)], Path(out) / "cf.pth")
 
 
+class GenerationFloor:
+    """The floor of generation: only the frozen mechanisms' forward passes of ``generate_once``
+    (one mask per ``cf_ratio`` images, a texture and a background per image, in the generation's
+    batches) at ``precision`` resolved as `cgn generate` resolves it, the latents drawn once
+    beforehand; no per-image seeding, no uint8 conversion, no shards."""
+
+    def __init__(self, model, precision: str, cf_ratio: int = 10):
+        import contextlib
+        from cgn.mnist import counterfactuals as C
+        from cgn.mnist.mechanism import frozen_inference
+        self.model, self.cf_ratio, self.batch = copy.deepcopy(model).eval(), cf_ratio, C.GenerateConfig().batch_size
+        name = C.resolve_precision(precision, "cpu", probe=C.RENDER_PROBE).name
+        self._frozen = contextlib.ExitStack()  # the mechanisms stay frozen for this object's life
+        self._frozen.enter_context(frozen_inference(self.model, C._DTYPES[name]))
+        self.latents: dict[int, dict] = {}
+
+    def _inputs(self, n: int) -> dict:
+        if n not in self.latents:
+            m, g = self.model, torch.Generator().manual_seed(0)
+            self.latents[n] = {k: (torch.randint(10, (c,), generator=g), m.draw_latents(k, c, g)) for k, c in
+                               (("shape", -(-n // self.cf_ratio)), ("texture", n), ("background", n))}
+        return self.latents[n]
+
+    @torch.no_grad()
+    def __call__(self, n: int) -> None:
+        for k, (y, lat) in self._inputs(n).items():
+            for a in range(0, len(y), self.batch):
+                self.model.run_mechanism(k, y[a:a + self.batch], **{q: v[a:a + self.batch] for q, v in lat.items()})
+
+
+class ClassifierFloor:
+    """The floor of classifier training: only the classifier's forward and backward passes on one
+    fixed batch of 64 (no data loading, no optimiser step), at the precision `cgn
+    train-classifier` resolves."""
+
+    def __init__(self, precision: str):
+        from cgn.mnist import classify as K
+        from cgn.mnist.classifier import MnistClassifier
+        self.bf16 = K.resolve_precision(precision, "cpu", probe=K.STEP_PROBE).bf16
+        self.model = MnistClassifier().to(memory_format=torch.channels_last).train()
+        g = torch.Generator().manual_seed(0)
+        self.x, self.y = torch.rand(64, 3, 32, 32, generator=g) * 2 - 1, torch.randint(10, (64,), generator=g)
+        self._log_probs = K._log_probs
+
+    def __call__(self, steps: int) -> None:
+        for _ in range(steps):
+            self.model.zero_grad(set_to_none=True)
+            nn.functional.nll_loss(self._log_probs(self.model, self.x, self.bf16), self.y).backward()
+
+
 def classifier_once(precision: str, steps: int, dataset: str = "colored-mnist") -> None:
     """What `cgn train-classifier --train-set real` runs, stopped after ``steps`` steps (batch
     64): its setup (run folder, model, data order) included, amortised over the steps."""

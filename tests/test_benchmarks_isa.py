@@ -67,7 +67,8 @@ def test_quick_run_prints_one_table_per_level(tmp_path):
                              "ATEN_CPU_CAPABILITY": isa_levels.LEVELS[name][1]}
     assert level["reported"]["onednn_level"] == name and level["reported"]["problem"] is None
     (row,) = level["rows"]
-    assert set(row["values"]) == set(isa_levels.COLUMNS) and all(v > 0 for v in row["values"].values())
+    assert set(row["values"]) == {*isa_levels.COLUMNS, "floor"} and all(v > 0 for v in row["values"].values())
+    assert row["auto"]["name"] in ("bf16", "fp32") and row["auto"]["reason"].startswith("auto: ")
     assert all(len(t["wall"]) == 1 for t in row["raw"].values())  # --quick: one round, one call each
 
     lines = r.stdout.splitlines()
@@ -77,6 +78,7 @@ def test_quick_run_prints_one_table_per_level(tmp_path):
     assert lines[i + 1] == "|" + "---|" * len(isa_levels.HEADER)
     cells = [c.strip() for c in lines[i + 2].strip("|").split("|")]
     assert len(cells) == len(isa_levels.HEADER)
-    assert cells[0] == "counterfactual generation (images/s)"
-    assert cells[5].endswith("x") and cells[6:] == ["–", "–"]  # no floor outside the CGN rows
+    assert cells[0] == "counterfactual generation (images/s)" and cells[1] == row["auto"]["name"]
+    assert cells[6].endswith("x") and cells[8].endswith("x")  # speed-up over the original; time over the floor
+    assert f"--precision auto, {cells[0]}: {row['auto']['name']}" in r.stdout
     assert i + 3 == len(lines) or not lines[i + 3].startswith("|")  # one row: one stage asked for

@@ -152,3 +152,25 @@ def test_atomic_write_keeps_old_file_on_failure(tmp_path):
     with np.load(p) as z:
         assert z["a"].tolist() == [0, 1, 2]
     assert [x.name for x in tmp_path.iterdir()] == ["f.npz"]
+
+
+def test_the_allocator_is_tuned_once_unless_the_user_said_otherwise(monkeypatch):
+    """Every computing command keeps freed memory for the next step (cgn.core.allocator), once
+    per process; CGN_MALLOC=default or the user's own MALLOC_*_THRESHOLD_ leave glibc alone."""
+    from cgn.core import allocator
+    from cgn.core.runcontrol import set_threads
+    monkeypatch.setattr(allocator, "_state", None)
+    monkeypatch.setenv("CGN_MALLOC", "default")
+    assert allocator.keep_freed_memory() == "left alone (CGN_MALLOC=default)"
+    monkeypatch.setattr(allocator, "_state", None)
+    monkeypatch.delenv("CGN_MALLOC")
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "1000")
+    assert "set by the user" in allocator.keep_freed_memory()
+    monkeypatch.setattr(allocator, "_state", None)
+    monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_")
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
+    set_threads(0)  # what a command calls first
+    assert allocator._state in ("tuned", "left alone (no glibc mallopt)")
+    assert allocator.keep_freed_memory() in ("tuned already", "left alone (no glibc mallopt)")
+    x = torch.ones(3 << 20)  # allocations still work, and big blocks are freed as usual
+    assert float(x.sum()) == 3 << 20

@@ -107,24 +107,39 @@ def test_classify_errors(tmp_path, capsys):
     assert "--generated DIR" in capsys.readouterr().err
 
 
-def test_classifier_pool_before_relu_is_the_spec_function():
-    """The classifier max-pools before its first ReLU (faster); the paper's order Conv -> ReLU ->
-    MaxPool must give the same outputs and gradients with the same weights."""
-    torch.manual_seed(0)
-    ours = MnistClassifier().double()
-    f = ours.features
-    spec = copy.deepcopy(ours).requires_grad_(True)
-    spec.features = copy.deepcopy(torch.nn.Sequential(f[0], f[1], torch.nn.ReLU(), f[2], *list(f)[4:]))
-    assert set(ours.state_dict()) == set(spec.state_dict())
-    x = torch.randn(8, 3, 32, 32, dtype=torch.float64)
-    y = torch.randint(10, (8,))
-    grads = []
-    for m in (ours, spec):
-        m.train()
-        m.zero_grad()
-        out = m(x)
-        torch.nn.functional.nll_loss(out, y).backward()
-        grads.append((out.detach(), [p.grad.clone() for p in m.parameters()]))
-    torch.testing.assert_close(grads[0][0], grads[1][0])
-    for a, b in zip(grads[0][1], grads[1][1]):
-        torch.testing.assert_close(a, b)
+def test_classifier_is_the_spec_function_with_the_same_gradients_and_statistics():
+    """The classifier folds its input BatchNorm's affine part into the first conv and max-pools
+    before its first ReLU (both faster); the paper's plain layer stack Conv -> ReLU -> MaxPool with
+    the same weights must give the same outputs, gradients and BatchNorm statistics, in training
+    (a few steps) and in eval mode, in NCHW and channels_last."""
+    for layout in (torch.contiguous_format, torch.channels_last):
+        torch.manual_seed(0)
+        ours = MnistClassifier().double().to(memory_format=layout)
+        with torch.no_grad():  # a non-trivial input affine, so the fold is exercised
+            ours.features[0].weight.uniform_(0.5, 2.0)
+            ours.features[0].bias.uniform_(-1.0, 1.0)
+        f = copy.deepcopy(ours).features
+        spec = torch.nn.Sequential(f[0], f[1], torch.nn.ReLU(), f[2], *list(f)[4:], torch.nn.Flatten(),
+                                   copy.deepcopy(ours.head), torch.nn.LogSoftmax(dim=1))
+        opts = [torch.optim.Adadelta(m.parameters(), lr=1.0) for m in (ours, spec)]
+        for step in range(3):
+            x = torch.randn(8, 3, 32, 32, dtype=torch.float64) * 0.7 + 0.2
+            y = torch.randint(10, (8,))
+            outs = []
+            for m, opt in zip((ours, spec), opts):
+                m.train()
+                opt.zero_grad()
+                out = m(x)
+                torch.nn.functional.nll_loss(out, y).backward()
+                outs.append((out.detach(), [p.grad.clone() for p in m.parameters()]))
+                opt.step()
+            torch.testing.assert_close(outs[0][0], outs[1][0])
+            for a, b in zip(outs[0][1], outs[1][1]):
+                torch.testing.assert_close(a, b)
+        assert list(ours.state_dict()) == list(MnistClassifier().state_dict())
+        for key, value in ours.state_dict().items():
+            if key.startswith("features.0."):  # running mean / var / batch count of the input BN
+                torch.testing.assert_close(value, spec.state_dict()[key.replace("features.", "")])
+        ours.eval(), spec.eval()
+        x = torch.randn(4, 3, 32, 32, dtype=torch.float64)
+        torch.testing.assert_close(ours(x), spec(x))

@@ -35,20 +35,78 @@ def test_isa_levels_follow_the_flags_and_the_onednn_cap(flags, monkeypatch):
     assert P.isa_description().startswith("avx512 / ATen ")
 
 
-def test_auto_picks_bf16_only_with_amx(flags, monkeypatch):
+def test_auto_picks_bf16_with_amx_and_fp32_without_native_bf16(flags, monkeypatch):
     monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
     flags("avx2", "avx512f", "avx512_bf16", "amx_bf16")
     p = P.resolve_precision("auto", "cpu")
     assert p.bf16 and "AMX" in p.reason
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_BF16")  # the same machine, AMX capped
-    p = P.resolve_precision("auto", "cpu")
-    assert p.name == "fp32" and "avx512_bf16" in p.reason
+    p = P.resolve_precision("auto", "cpu")  # a stage without a probe
+    assert p.name == "fp32" and "no probe" in p.reason
     flags("avx2")
     assert P.resolve_precision("auto", torch.device("cpu")).name == "fp32"
+    flags("avx2", "avx512f")
+    assert "without native bf16" in P.resolve_precision("auto", "cpu", probe=_fake_probe("x", 1, 5)).reason
     assert P.resolve_precision("bf16", "cpu") == P.Precision("bf16", "asked for")
     assert P.resolve_precision("fp32", "cpu").as_dict() == {"name": "fp32", "reason": "asked for"}
     with pytest.raises(CGNError, match="unknown precision"):
         P.resolve_precision("fp16", "cpu")
+
+
+def _fake_probe(stage: str, bf16_ms: float, fp32_ms: float, calls: list | None = None) -> P.Probe:
+    """Work that takes the given times: what a real probe (a stage's step) measures."""
+    import time
+
+    def make(bf16: bool):
+        if calls is not None:
+            calls.append(bf16)
+        ms = bf16_ms if bf16 else fp32_ms
+        return lambda: (torch.rand(3), time.sleep(ms / 1e3))
+    return P.Probe(stage, make, calls=2, rounds=2)
+
+
+def test_auto_measures_bf16_against_fp32_where_avx512_bf16_has_no_amx(flags, monkeypatch, tmp_path):
+    """On AVX-512-BF16 without AMX the stage's probe decides, once per machine: the verdict is
+    cached under $CGN_HOME (keyed by CPU, caps and torch), a damaged cache is measured again, bf16
+    needs a clear margin, and measuring draws nothing from the run's random numbers."""
+    monkeypatch.setenv("CGN_HOME", str(tmp_path))
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    flags("avx2", "avx512f", "avx512_bf16")
+    built: list = []
+    p = P.resolve_precision("auto", "cpu", probe=_fake_probe("fast-bf16", 2, 10, built))
+    assert p.bf16 and "fast-bf16" in p.reason and "measured" in p.reason and built == [False, True]
+    torch.manual_seed(7)
+    expected = torch.rand(2)
+    torch.manual_seed(7)
+    again = P.resolve_precision("auto", "cpu", probe=_fake_probe("fast-bf16", 50, 1, built))
+    assert again == p and built == [False, True]          # cached: not built, not timed again
+    assert torch.equal(torch.rand(2), expected)
+    torch.manual_seed(7)
+    slow = P.resolve_precision("auto", "cpu", probe=_fake_probe("slow-bf16", 10, 2))
+    assert slow.name == "fp32" and torch.equal(torch.rand(2), expected)  # measured, RNG untouched
+    close = P.resolve_precision("auto", "cpu", probe=_fake_probe("close", 9.5, 10))
+    assert close.name == "fp32"                            # 5 % faster is within the margin
+    cache = P.probe_cache_path()
+    assert cache.parent == tmp_path / "precision"
+    import json
+    assert set(json.loads(cache.read_text())["stages"]) == {"fast-bf16", "slow-bf16", "close"}
+    cache.write_text("{not json")
+    assert P.resolve_precision("auto", "cpu", probe=_fake_probe("fast-bf16", 2, 10, built)).bf16
+    assert built == [False, True, False, True]            # a damaged cache: measured again
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_BF16")  # other caps: another machine key
+    assert P.probe_cache_path() != cache
+
+
+def test_the_real_probes_run_and_choose(flags, monkeypatch, tmp_path):
+    """The three MNIST stages' probes build their work and time it in both precisions."""
+    from cgn.core.losses import style_loss_probe
+    from cgn.mnist.classify import STEP_PROBE
+    from cgn.mnist.counterfactuals import RENDER_PROBE
+    monkeypatch.setenv("CGN_HOME", str(tmp_path))
+    for probe in (STEP_PROBE, RENDER_PROBE, style_loss_probe([1.0, 0.0], 2, 16)):
+        t = P.time_probe(P.Probe(probe.stage, probe.make, calls=1, rounds=1))
+        assert set(t) == {"fp32", "bf16"} and min(t.values()) > 0, probe.stage
+    assert style_loss_probe([0.01, 0.05, 0.0, 0.01], 16, 32).stage == "style-loss[relu1_2,relu2_2,relu4_3]-16x32px"
 
 
 def test_this_machine_reports_a_level():

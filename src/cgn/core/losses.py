@@ -23,6 +23,7 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 
 from cgn.core.perceptual import STAGE_NAMES, VGG16Features
+from cgn.core.precision import Probe
 from cgn.errors import CGNError
 
 STYLE_SCALE = 5e3  # the original's factor on w_i**2
@@ -215,3 +216,22 @@ class StyleLoss(nn.Module):
         for i in self.active:
             parts[STAGE_NAMES[i]] = gram_l1(gen_feats[i], target_grams[i]) * self.weights[i] ** 2 * self.scale
         return sum(parts.values()), parts
+
+
+def style_loss_probe(weights: Sequence[float], batch: int, size: int) -> Probe:
+    """What ``--precision`` changes in a CGN step, for ``auto`` to time where it measures
+    (:mod:`cgn.core.precision`): the style loss's VGG passes (target forward, generated forward
+    and backward to the input) on a randomly initialised VGG16, batch x 3 x size x size."""
+    active = [STAGE_NAMES[i] for i, w in enumerate(weights) if float(w) != 0]
+
+    def make(bf16: bool):
+        loss = StyleLoss(VGG16Features(), weights, autocast_bf16=bf16)
+        generated = torch.rand(batch, 3, size, size, requires_grad=True)
+        target = torch.rand(batch, 3, size, size)
+
+        def call() -> None:
+            total, _ = loss(generated, target)
+            if total.requires_grad:
+                total.backward()
+        return call
+    return Probe(f"style-loss[{','.join(active)}]-{batch}x{size}px", make)

@@ -1,30 +1,48 @@
 """Which arithmetic a run uses, chosen per machine: ``--precision auto | bf16 | fp32``.
 
-bfloat16 pays on a CPU only where the hardware multiplies bf16 natively *and* fast: Intel's AMX
-tiles. Measured (docs/speed.md): with AMX, bf16 autocast makes the VGG16 style loss and the
-generation path faster; on AVX-512 machines (even with the AVX-512-BF16 dot-product
-instructions) and on AVX2 machines every stage ran slower in bf16 than in fp32, since oneDNN
-converts back and forth around kernels that gain little. So ``auto`` picks
+bfloat16 pays on a CPU only where the hardware multiplies bf16 natively *and* fast. Measured
+(docs/speed.md): with Intel's AMX tiles bf16 autocast makes every MNIST stage faster (the VGG16
+style loss of a CGN step, generation, classifier training); without any native bf16 (AVX-512
+without AVX-512-BF16, AVX2) every stage is 2-11x slower in bf16. In between, on CPUs with the
+AVX-512-BF16 dot-product instructions but no AMX, the vendor decides: an Intel Xeon capped at that
+level ran every stage slower in bf16, a 2-core AMD EPYC of that level ran every stage faster. So
+``auto`` picks
 
 - CUDA: bf16 autocast where the GPU supports bf16 (Ampere and newer), with TF32 matmuls for
   what stays in fp32; fp32 (TF32) elsewhere;
-- CPU: bf16 when the CPU has AMX-BF16 and oneDNN may use it, fp32 otherwise.
+- CPU with AMX-BF16 (and oneDNN allowed to use it): bf16;
+- CPU with AVX-512-BF16 but no AMX: whichever is faster for the stage's own work, measured once
+  per machine by a short :class:`Probe` (a few seconds) and cached in
+  ``$CGN_HOME/precision/<machine key>.json``; bf16 only if it is at least ``BF16_MARGIN`` faster.
+  A stage without a probe gets fp32;
+- any other CPU: fp32.
 
-:func:`cpu_isa` names the instruction-set level the kernels actually run at, honouring the caps a
-user (or a benchmark) sets with ``ONEDNN_MAX_CPU_ISA`` and ``ATEN_CPU_CAPABILITY``. Every run
-records the :class:`Precision` it used and why.
+The cache key is the CPU model and flags, the oneDNN / ATen caps in force and the torch version;
+delete the file to measure again. :func:`cpu_isa` names the instruction-set level the kernels
+actually run at, honouring the caps a user (or a benchmark) sets with ``ONEDNN_MAX_CPU_ISA`` and
+``ATEN_CPU_CAPABILITY``. Every run records the :class:`Precision` it used and why (the measured
+times included).
 """
 from __future__ import annotations
 
+import datetime as dt
+import fcntl
+import hashlib
+import json
 import os
+import statistics
+import time
 from dataclasses import asdict, dataclass
 from functools import lru_cache
+from pathlib import Path
+from typing import Callable
 
 import torch
 
 from cgn.errors import CGNError
 
 CHOICES = ("auto", "bf16", "fp32")
+BF16_MARGIN = 0.10  # a probe picks bf16 only when it is at least this much faster than fp32
 
 # oneDNN ISA caps, lowest first (ONEDNN_MAX_CPU_ISA values); AMX needs one of the last three.
 _ONEDNN_ORDER = ["SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI",
@@ -85,8 +103,22 @@ class Precision:
         return asdict(self)
 
 
-def resolve_precision(requested: str, device: torch.device | str = "cpu") -> Precision:
-    """Turn ``auto | bf16 | fp32`` into the precision this run uses, with the reason."""
+@dataclass(frozen=True)
+class Probe:
+    """A short, representative piece of one stage's work, timed in both precisions where the
+    instruction set alone does not decide. ``make(bf16)`` builds the work (models, data) and
+    returns one call of it; building is not timed."""
+    stage: str                                    # cache entry name, e.g. "mnist-classifier-step"
+    make: Callable[[bool], Callable[[], None]]
+    calls: int = 3                                # timed calls per precision and round
+    rounds: int = 3
+
+
+def resolve_precision(requested: str, device: torch.device | str = "cpu",
+                      probe: Probe | None = None) -> Precision:
+    """Turn ``auto | bf16 | fp32`` into the precision this run uses, with the reason. ``probe``:
+    the stage's own work, timed (once per machine, then cached) where the CPU has AVX-512-BF16
+    but no AMX."""
     if requested not in CHOICES:
         raise CGNError(f"unknown precision {requested!r}; choose one of {', '.join(CHOICES)}")
     device = torch.device(device)
@@ -99,7 +131,73 @@ def resolve_precision(requested: str, device: torch.device | str = "cpu") -> Pre
     isa = cpu_isa()
     if isa == "amx":
         return Precision("bf16", "auto: the CPU has AMX-BF16, where bf16 is faster")
-    return Precision("fp32", f"auto: the CPU runs at {isa}, without AMX; bf16 is slower there")
+    if isa == "avx512_bf16":
+        if probe is None:
+            return Precision("fp32", "auto: the CPU has AVX-512-BF16 but no AMX, and this stage has no "
+                                     "probe to measure bf16 with; fp32")
+        return measured_precision(probe)
+    return Precision("fp32", f"auto: the CPU runs at {isa}, without native bf16; bf16 is slower there")
+
+
+# ---- the measured choice (AVX-512-BF16 without AMX) ---------------------------------------------
+
+def machine_key() -> dict:
+    """What the measured choice depends on: the CPU, the caps in force, torch."""
+    return {"cpu": cpu_model(), "flags": hashlib.sha256(" ".join(sorted(_cpu_flags())).encode()).hexdigest()[:16],
+            "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA", ""),
+            "aten_cpu_capability": os.environ.get("ATEN_CPU_CAPABILITY", ""), "torch": torch.__version__}
+
+
+def probe_cache_path() -> Path:
+    from cgn.paths import cgn_home
+    key = hashlib.sha256(json.dumps(machine_key(), sort_keys=True).encode()).hexdigest()[:16]
+    return cgn_home() / "precision" / f"{key}.json"
+
+
+def time_probe(probe: Probe) -> dict[str, float]:
+    """Median seconds per call of the probe's work in fp32 and bf16, interleaved in rounds after
+    two warm-up calls each (oneDNN builds its kernels on the first calls)."""
+    work = {"fp32": probe.make(False), "bf16": probe.make(True)}
+    for fn in work.values():
+        fn(), fn()
+    times: dict[str, list[float]] = {k: [] for k in work}
+    for _ in range(probe.rounds):
+        for name, fn in work.items():
+            t = time.perf_counter()
+            for _ in range(probe.calls):
+                fn()
+            times[name].append((time.perf_counter() - t) / probe.calls)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def measured_precision(probe: Probe) -> Precision:
+    """The probe's cached verdict for this machine, measured first if the cache lacks it (one
+    process measures at a time; the others wait and read its result)."""
+    from cgn.io import write_json_atomic
+    path = probe_cache_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            cache = json.loads(path.read_text())
+            if not isinstance(cache.get("stages"), dict):
+                raise ValueError
+        except (OSError, ValueError, AttributeError):  # absent or damaged: measure again
+            cache = {"machine": machine_key(), "stages": {}}
+        entry = cache["stages"].get(probe.stage)
+        if not (isinstance(entry, dict) and entry.get("choice") in ("bf16", "fp32")
+                and all(isinstance(entry.get(k), (int, float)) for k in ("fp32_s", "bf16_s"))):
+            with torch.random.fork_rng(devices=[]):  # the probe's models draw no number of the run's
+                t = time_probe(probe)
+            entry = {"fp32_s": t["fp32"], "bf16_s": t["bf16"],
+                     "choice": "bf16" if t["bf16"] <= (1 - BF16_MARGIN) * t["fp32"] else "fp32",
+                     "threads": torch.get_num_threads(), "measured": dt.datetime.now().isoformat(timespec="seconds")}
+            cache["stages"][probe.stage] = entry
+            write_json_atomic(path, cache)
+    f, b = entry["fp32_s"] * 1e3, entry["bf16_s"] * 1e3
+    return Precision(entry["choice"], f"auto: measured on this CPU (AVX-512-BF16, no AMX): {probe.stage} "
+                                     f"takes {b:.2f} ms per call in bf16, {f:.2f} ms in fp32; bf16 only when "
+                                     f">= {BF16_MARGIN:.0%} faster (cached in $CGN_HOME/precision)")
 
 
 def enable_tf32(device: torch.device) -> None:

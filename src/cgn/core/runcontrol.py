@@ -63,9 +63,13 @@ def worker_threads() -> Any:
 
 def set_threads(n: int, flag: str = "--threads") -> None:
     """Use ``n`` torch CPU threads from now on (``torch.set_num_threads``); 0 leaves torch's
-    default. Call it before the model is built. A negative ``n`` is a one-line error."""
+    default. Call it before the model is built. A negative ``n`` is a one-line error. Every
+    command that computes calls it, so it also keeps freed memory for the next step
+    (:func:`cgn.core.allocator.keep_freed_memory`)."""
     if n < 0:
         raise CGNError(f"{flag} {n}: give the number of torch CPU threads, or 0 for torch's default")
+    from cgn.core.allocator import keep_freed_memory
+    keep_freed_memory()
     if n:
         import torch
         torch.set_num_threads(n)

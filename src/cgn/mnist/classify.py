@@ -33,7 +33,7 @@ from cgn.core.classifier_eval import eval_loader, evaluate_accuracy
 from cgn.core import runcontrol
 from cgn.core.classifier_trainer import StepOutput, Trainer
 from cgn.core.device import resolve_device
-from cgn.core.precision import resolve_precision
+from cgn.core.precision import Probe, resolve_precision
 from cgn.core.seeding import seed_everything
 from cgn.errors import CGNError
 from cgn.mnist import variants
@@ -179,6 +179,28 @@ def accuracy(model: torch.nn.Module, dataset: Dataset, device: torch.device | st
         return evaluate_accuracy(model, loader, topk=(1,), device=torch.device(device))["top1"]
 
 
+def _log_probs(model: MnistClassifier, x: torch.Tensor, bf16: bool) -> torch.Tensor:
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
+        return model(x).float()
+
+
+def _probe_step(bf16: bool):
+    """One training step (batch 64, random images) of a fresh classifier, for ``auto``."""
+    model = MnistClassifier().to(memory_format=torch.channels_last)
+    opt = torch.optim.Adadelta(model.parameters(), lr=1.0)
+    x, y = torch.rand(64, 3, 32, 32) * 2 - 1, torch.randint(10, (64,))
+
+    def step() -> None:
+        loss = F.nll_loss(_log_probs(model, x, bf16), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return step
+
+
+STEP_PROBE = Probe("mnist-classifier-step", _probe_step, calls=5)
+
+
 def _accuracy(model, dataset: Dataset, device) -> float:
     return accuracy(model, dataset, device)
 
@@ -187,7 +209,7 @@ def train_classifier(cfg: ClassifierConfig, out: str | Path, resume: bool = Fals
                      max_steps: int | None = None) -> dict:
     """Train (or resume) and evaluate; writes ``results.json`` in ``out`` and returns it."""
     device = resolve_device(cfg.device)
-    precision = resolve_precision(cfg.precision, device)
+    precision = resolve_precision(cfg.precision, device, probe=STEP_PROBE)
     seed_everything(cfg.seed)
     train, info = training_set(cfg)
     test = _split(cfg, "test")
@@ -204,8 +226,7 @@ def train_classifier(cfg: ClassifierConfig, out: str | Path, resume: bool = Fals
 
     def loss_fn(m, batch) -> StepOutput:
         x, y = batch
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision.bf16):
-            logp = m(x).float()
+        logp = _log_probs(m, x, precision.bf16)
         return StepOutput(F.nll_loss(logp, y), {"acc": ((logp.argmax(1) == y).sum(), len(y))})
 
     def eval_fn(m, epoch) -> dict:

@@ -31,7 +31,7 @@ import torch
 from cgn.config import check, check_resume
 from cgn.core.composer import compose
 from cgn.core.lock import lock_dir
-from cgn.core.precision import Precision, resolve_precision
+from cgn.core.precision import Precision, Probe, resolve_precision
 from cgn.core.progress import progress
 from cgn.core.sampling import to_uint8
 from cgn.io import file_digest, read_json, write_json_atomic
@@ -153,6 +153,21 @@ def _precision(precision: str, device: torch.device):
         yield
 
 
+def _probe_render(bf16: bool):
+    """Rendering 500 counterfactuals with a fresh CGN's frozen mechanisms, for ``auto``."""
+    from cgn.mnist.model import MnistCGN
+    model, name = MnistCGN().eval(), "bf16" if bf16 else "fp32"
+    labels = plan(GenerateConfig(n=500), 0, 500)
+
+    def call() -> None:
+        with frozen_inference(model, _DTYPES[name]):
+            render(model, labels, True, name)
+    return call
+
+
+RENDER_PROBE = Probe("mnist-counterfactual-render", _probe_render)
+
+
 def render(model, labels: dict[str, np.ndarray], counterfactual: bool, precision: str = "bf16",
            device: torch.device | str = "cpu") -> tuple[np.ndarray, np.ndarray]:
     """Images (uint8 [n, 32, 32, 3]) and masks (float32 [n, 32, 32]) for planned items."""
@@ -167,7 +182,7 @@ def render(model, labels: dict[str, np.ndarray], counterfactual: bool, precision
         lat_t["noise"] = lat_b["noise"] = lat_s["noise"][torch.from_numpy(inverse)]
     ys = {k: torch.from_numpy(labels[k]).to(device) for k in ("shape", "texture", "background")}
     dev = lambda d: {k: v.to(device) for k, v in d.items()}  # noqa: E731
-    precision = resolve_precision(precision, device).name
+    precision = resolve_precision(precision, device, probe=RENDER_PROBE).name
     with torch.no_grad(), _precision(precision, device):
         m = model.run_mechanism("shape", ys["shape"][torch.from_numpy(first).to(device)], **dev(lat_s))
         m = m[torch.from_numpy(inverse).to(device)]
@@ -188,7 +203,7 @@ def generate(model, cfg: GenerateConfig, out: str | Path, *, source: dict,
     # decides once, for this machine, and a resumed set keeps the precision it started with.
     started = (old or {}).get("config", {}).get("precision")
     chosen = (Precision(started, "the precision this set was started with") if cfg.precision == "auto"
-              and started in ("bf16", "fp32") else resolve_precision(cfg.precision, device))
+              and started in ("bf16", "fp32") else resolve_precision(cfg.precision, device, probe=RENDER_PROBE))
     cfg = replace(cfg, precision=chosen.name)
     manifest = {"format": FORMAT, "config": asdict(cfg), "generator": source,
                 "n_shards": -(-cfg.n // cfg.shard_size), "renderer": RENDERER,

@@ -47,7 +47,7 @@ from cgn.core.checkpoint import load_checkpoint, save_checkpoint
 from cgn.core.device import resolve_device
 from cgn.core.ema import ema_decay_at, ema_update
 from cgn.core.losses import (STYLE_SCALE, StyleLoss, lsgan_discriminator_loss, lsgan_generator_loss,
-                             mask_binary_entropy, mask_border_loss, ssim_loss)
+                             mask_binary_entropy, mask_border_loss, ssim_loss, style_loss_probe)
 from cgn.core.perceptual import FeatureSource, load_vgg16
 from cgn.core.precision import resolve_precision
 from cgn.core.interrupt import StepBoundary
@@ -135,7 +135,8 @@ class Trainer:
         self.opt_g = torch.optim.Adam(self.G.parameters(), lr=cfg.optim.lr, betas=betas, fused=True)
         self.opt_d = torch.optim.Adam(self.D.parameters(), lr=cfg.optim.lr, betas=betas, fused=True)
         self.G_ema = copy.deepcopy(self.G).requires_grad_(False) if t.ema_decay > 0 else None
-        self.precision = resolve_precision(cfg.loss.precision, self.device)
+        self.precision = resolve_precision(cfg.loss.precision, self.device, probe=style_loss_probe(
+            cfg.loss.style_weights, t.batch_size, cfg.model.img_size))
         self.style = StyleLoss(self.extractor.to(self.device), cfg.loss.style_weights, autocast_bf16=self.precision.bf16,
                                scale=STYLE_SCALE * cfg.loss.feature_scale ** 2)
 
