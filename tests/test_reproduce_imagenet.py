@@ -59,7 +59,8 @@ def _check_summary(s: dict, argv: list[str]) -> None:
         assert all(c[k] is None or _fraction(c[k]) for k in c if k.startswith("shape_bias"))
     assert s["wall_time_s"] > 0 and s["pretrain_time_s"] > 0
     assert "cores" in s["machine"] and "ISA" in s["machine"]
-    assert s["command"] == "cgn " + shlex.join(argv)
+    out = argv.index("--out")
+    assert s["command"] == "cgn " + shlex.join([*argv[:out], "--out", "RUN", *argv[out + 2:]])
     assert len(s["claims"]) == 13 and all(set(c) == {"claim", "measured", "holds"} for c in s["claims"])
     assert all(c["holds"] in (True, False, None) for c in s["claims"])
 

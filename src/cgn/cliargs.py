@@ -386,5 +386,16 @@ def print_config(cfg: Any) -> None:
 
 
 def command_line(argv: list[str]) -> str:
-    """The command a run records (tables, summaries): ``cgn`` and the arguments, shell-quoted."""
-    return "cgn " + shlex.join(argv)
+    """The command a run records (tables, summaries): ``cgn`` and the arguments, shell-quoted,
+    with the run's own folder (``--out``'s value) written as ``RUN``: the records live in that
+    folder and are copied into results/, where this machine's path means nothing."""
+    args, i = [], 0
+    while i < len(argv):
+        a = argv[i]
+        if a == "--out" and i + 1 < len(argv):
+            args += [a, "RUN"]
+            i += 2
+            continue
+        args.append("--out=RUN" if a.startswith("--out=") else a)
+        i += 1
+    return "cgn " + shlex.join(args)
