@@ -207,7 +207,8 @@ def generation_row(s: dict, threads: int) -> dict:
     times = interleaved(loops(n), s["rounds"])
     from cgn.mnist.counterfactuals import RENDER_PROBE, resolve_precision
     return {"stage": "counterfactual generation (images/s)", "unit": "images/s", "lower_is_better": False,
-            "auto": resolve_precision("auto", "cpu", probe=RENDER_PROBE).as_dict(), "images_per_call": n, **_summary(times, threads, n), "raw": times}
+            "auto": resolve_precision("auto", "cpu", probe=RENDER_PROBE).as_dict(), "images_per_call": n,
+            **_summary(times, threads, n), "raw": times}
 
 
 def classifier_row(s: dict, threads: int) -> dict:
@@ -225,7 +226,8 @@ def classifier_row(s: dict, threads: int) -> dict:
     times = interleaved(loops(k), s["rounds"])
     from cgn.mnist.classify import STEP_PROBE, resolve_precision
     return {"stage": "classifier training (samples/s)", "unit": "samples/s", "lower_is_better": False,
-            "auto": resolve_precision("auto", "cpu", probe=STEP_PROBE).as_dict(), "steps_per_call": k, **_summary(times, threads, 64 * k), "raw": times}
+            "auto": resolve_precision("auto", "cpu", probe=STEP_PROBE).as_dict(), "steps_per_call": k,
+            **_summary(times, threads, 64 * k), "raw": times}
 
 
 def run_level(level: str, s: dict) -> dict:

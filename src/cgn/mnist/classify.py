@@ -68,7 +68,8 @@ class ClassifierConfig:
     train_eval_size: int = field(default=10_000, metadata={
         "help": "training images scored for the train accuracy"})
     precision: Literal["auto", "bf16", "fp32"] = field(default="auto", metadata={
-        "help": "auto: bf16 autocast where it is faster (CPUs with AMX, bf16 GPUs), else fp32"})
+        "help": "auto: bf16 autocast where it is faster (AMX CPUs, bf16 GPUs, AVX-512-BF16 CPUs where "
+                "a probe measures it), else fp32"})
     threads: int = runcontrol.threads()
     limit_real: int | None = field(default=None, metadata={
         "help": "use only the first N real training images (smoke tests, probes)"})

@@ -62,7 +62,7 @@ class LossConfig:
     # "free": like the thread count, it changes only the float rounding of the steps still to run
     precision: Literal["auto", "bf16", "fp32"] = field(default="fp32", metadata={"resume": "free",
         "help": "precision of the VGG forward of the style loss: bf16 autocast, fp32, or auto (bf16 "
-                "only where it is faster: CPUs with AMX, bf16 GPUs)"})
+                "only where it is faster: AMX CPUs, bf16 GPUs, AVX-512-BF16 CPUs where a probe measures it)"})
     ssim_weight: float = field(default=0.0, metadata={
         "help": "weight of the loss 1 - SSIM(generated, real) (the reproduction study's ablation; 0: off)"})
     border_weight: float = field(default=0.0, metadata={"help": "weight of the mask border loss"})

@@ -94,7 +94,7 @@ class ReproduceConfig:
     # which), so a rerun may ask for auto; sets not yet written follow the new request.
     precision: Literal["auto", "bf16", "fp32"] = field(default="auto", metadata={"resume": "free",
         "help": "precision of the counterfactual generation: auto (bf16 only where it is faster: "
-                "AMX CPUs, bf16 GPUs), bf16 autocast or fp32"})
+                "AMX CPUs, bf16 GPUs, AVX-512-BF16 CPUs where a probe measures it), bf16 autocast or fp32"})
     ablation_sizes: list[int] = field(default_factory=list, metadata={
         "help": "also train on this many counterfactuals each (e.g. 1e4,1e5,1e6) and plot the OOD "
                 "accuracy against the size", "resume": "extend"})
