@@ -95,6 +95,11 @@ def test_auto_measures_bf16_against_fp32_where_avx512_bf16_has_no_amx(flags, mon
     assert built == [False, True, False, True]            # a damaged cache: measured again
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_BF16")  # other caps: another machine key
     assert P.probe_cache_path() != cache
+    blocked = tmp_path / "file"
+    blocked.write_text("")
+    monkeypatch.setenv("CGN_HOME", str(blocked))  # a cache that cannot be written: measured anyway
+    p = P.resolve_precision("auto", "cpu", probe=_fake_probe("fast-bf16", 2, 10))
+    assert p.bf16 and "not cached" in p.reason
 
 
 def test_the_real_probes_run_and_choose(flags, monkeypatch, tmp_path):

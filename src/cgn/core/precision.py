@@ -170,34 +170,48 @@ def time_probe(probe: Probe) -> dict[str, float]:
     return {k: statistics.median(v) for k, v in times.items()}
 
 
+def _measure(probe: Probe) -> dict:
+    with torch.random.fork_rng(devices=[]):  # the probe's models draw no number of the run's
+        t = time_probe(probe)
+    return {"fp32_s": t["fp32"], "bf16_s": t["bf16"],
+            "choice": "bf16" if t["bf16"] <= (1 - BF16_MARGIN) * t["fp32"] else "fp32",
+            "threads": torch.get_num_threads(), "measured": dt.datetime.now().isoformat(timespec="seconds")}
+
+
+def _valid(entry) -> bool:
+    return (isinstance(entry, dict) and entry.get("choice") in ("bf16", "fp32")
+            and all(isinstance(entry.get(k), (int, float)) for k in ("fp32_s", "bf16_s")))
+
+
 def measured_precision(probe: Probe) -> Precision:
     """The probe's cached verdict for this machine, measured first if the cache lacks it (one
-    process measures at a time; the others wait and read its result)."""
+    process measures at a time; the others wait and read its result). Where ``$CGN_HOME`` cannot
+    be written the probe is measured for this run alone."""
     from cgn.io import write_json_atomic
     path = probe_cache_path()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_suffix(".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            cache = json.loads(path.read_text())
-            if not isinstance(cache.get("stages"), dict):
-                raise ValueError
-        except (OSError, ValueError, AttributeError):  # absent or damaged: measure again
-            cache = {"machine": machine_key(), "stages": {}}
-        entry = cache["stages"].get(probe.stage)
-        if not (isinstance(entry, dict) and entry.get("choice") in ("bf16", "fp32")
-                and all(isinstance(entry.get(k), (int, float)) for k in ("fp32_s", "bf16_s"))):
-            with torch.random.fork_rng(devices=[]):  # the probe's models draw no number of the run's
-                t = time_probe(probe)
-            entry = {"fp32_s": t["fp32"], "bf16_s": t["bf16"],
-                     "choice": "bf16" if t["bf16"] <= (1 - BF16_MARGIN) * t["fp32"] else "fp32",
-                     "threads": torch.get_num_threads(), "measured": dt.datetime.now().isoformat(timespec="seconds")}
-            cache["stages"][probe.stage] = entry
-            write_json_atomic(path, cache)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock = open(path.with_suffix(".lock"), "w")
+    except OSError:
+        entry, where = _measure(probe), "not cached: $CGN_HOME is not writable"
+    else:
+        where = "cached in $CGN_HOME/precision"
+        with lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                cache = json.loads(path.read_text())
+                if not isinstance(cache.get("stages"), dict):
+                    raise ValueError
+            except (OSError, ValueError, AttributeError):  # absent or damaged: measure again
+                cache = {"machine": machine_key(), "stages": {}}
+            entry = cache["stages"].get(probe.stage)
+            if not _valid(entry):
+                entry = cache["stages"][probe.stage] = _measure(probe)
+                write_json_atomic(path, cache)
     f, b = entry["fp32_s"] * 1e3, entry["bf16_s"] * 1e3
     return Precision(entry["choice"], f"auto: measured on this CPU (AVX-512-BF16, no AMX): {probe.stage} "
                                      f"takes {b:.2f} ms per call in bf16, {f:.2f} ms in fp32; bf16 only when "
-                                     f">= {BF16_MARGIN:.0%} faster (cached in $CGN_HOME/precision)")
+                                     f">= {BF16_MARGIN:.0%} faster ({where})")
 
 
 def enable_tf32(device: torch.device) -> None:
