@@ -29,9 +29,9 @@ failed and not measured. Then, interleaved in rounds (benchmarks/timing.py):
 Every floor runs at the precision ``auto`` picks for its stage. The process first does what every
 cgn command does (threads, :mod:`cgn.core.allocator`); the original loops run with it too.
 
-Prints the machine line, then per level the level the kernels report, what ``auto`` chose for each
-stage and why, and one Markdown table. ``--quick`` is a smoke check (< 1 min; its numbers mean nothing); ``--list`` only
-checks the caps of every level. Run it on an otherwise idle machine (``OMP_WAIT_POLICY=PASSIVE``
+Prints the machine line, then per level the level the kernels report, what ``auto`` chose for
+each stage and why, and one Markdown table. ``--quick`` is a smoke check (< 1 min; its numbers
+mean nothing); ``--list`` only checks the caps of every level. Run it on an otherwise idle machine (``OMP_WAIT_POLICY=PASSIVE``
 when other processes compete for the cores).
 """
 

@@ -210,6 +210,7 @@ def train_classifier(cfg: ClassifierConfig, out: str | Path, resume: bool = Fals
                      max_steps: int | None = None) -> dict:
     """Train (or resume) and evaluate; writes ``results.json`` in ``out`` and returns it."""
     device = resolve_device(cfg.device)
+    runcontrol.set_threads(cfg.threads)  # before the precision probe, which times at this thread count
     precision = resolve_precision(cfg.precision, device, probe=STEP_PROBE)
     seed_everything(cfg.seed)
     train, info = training_set(cfg)
@@ -220,7 +221,6 @@ def train_classifier(cfg: ClassifierConfig, out: str | Path, resume: bool = Fals
     sub = np.sort(rng.choice(len(train), size=min(cfg.train_eval_size, len(train)), replace=False))
     train_eval = ArrayImages([(lambda idx: train.raw(sub[idx]), train.labels[torch.from_numpy(sub)])])
 
-    runcontrol.set_threads(cfg.threads)
     model = MnistClassifier().to(device).to(memory_format=torch.channels_last)
     # foreach: one kernel per update op over all parameters (the default on GPUs, not on CPUs);
     # the same update, and 1.2x faster steps on 2 AVX-512 cores
