@@ -231,3 +231,5 @@ def test_gram_l1_matches_autograd_in_float64(channels_last):
     # a second backward through the kept graph (per-loss gradients) gives the same gradient
     again, = torch.autograd.grad(3 * out, a)
     torch.testing.assert_close(again, b.grad, rtol=1e-4, atol=1e-7)
+    if channels_last:  # the gradient keeps the features' layout (it meets the VGG's own there)
+        assert again.is_contiguous(memory_format=torch.channels_last) and not again.is_contiguous()

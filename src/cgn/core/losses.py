@@ -146,8 +146,11 @@ class _GramL1(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad: torch.Tensor):
         rows, s = ctx.saved_tensors
-        grad_rows = torch.bmm(s, rows).mul_(grad * (2.0 * ctx.alpha / s.numel()))
-        return grad_rows, None, None
+        scale = grad * (2.0 * ctx.alpha / s.numel())
+        if rows.transpose(1, 2).is_contiguous():  # rows of a channels_last f: answer in its layout,
+            # [B, HW, C] = rows^T S (S symmetric), so the gradient meets the VGG's in one layout
+            return torch.bmm(rows.transpose(1, 2), s).mul_(scale).transpose(1, 2), None, None
+        return torch.bmm(s, rows).mul_(scale), None, None
 
 
 def gram_l1(f: torch.Tensor, target_gram: torch.Tensor) -> torch.Tensor:
