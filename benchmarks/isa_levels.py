@@ -26,7 +26,13 @@ failed and not measured. Then, interleaved in rounds (benchmarks/timing.py):
   and `cgn train-classifier` at auto / fp32 / bf16, on colored MNIST; floor: the classifier's
   forward and backward passes alone on one batch (mnist_pipeline.ClassifierFloor).
 
-Every floor runs at the precision ``auto`` picks for its stage. The process first does what every
+Every floor runs at the precision ``auto`` picks for its stage. For the CGN rows a second table
+gives the step's arithmetic (benchmarks/step_work.py): GFLOP per step of the original, the
+default step and the floor (counted by torch), the GFLOP/s each reached, and -- with the level's
+conv peak in fp32 and in bf16 -- the least time the default step could take if its work beyond
+the floor (generator, discriminator, Gram matrices) ran at that peak, the speed-up over the
+original and the step / floor that would give, and whether the targets (2.5x, or 1.25x the
+floor) are within reach at all. The process first does what every
 cgn command does (threads, :mod:`cgn.core.allocator`); the original loops run with it too.
 
 Prints the machine line, then per level the level the kernels report, what ``auto`` chose for
@@ -179,13 +185,15 @@ def _summary(times: dict, threads: int, work: float | None = None) -> dict:
 
 def cgn_row(preset: str, s: dict, threads: int) -> dict:
     from cgn_train_step import make_trainer, time_modes
+    from step_work import step_gflop
     with tempfile.TemporaryDirectory() as tmp:
         trainers = {mode: make_trainer(preset, mode, Path(tmp), s["feature_extractor"]) for mode in CGN_MODES.values()}
+        gflop = step_gflop(trainers)  # counted once, before the warm-up (a step each)
         times = time_modes(trainers, s["steps"], s["rounds"], warmup=s["cgn_warmup"])
         auto = trainers["ours-auto"].precision.as_dict()
     times = {col: times[mode] for col, mode in CGN_MODES.items()}
     return {"stage": f"CGN step, {preset} (s)", "unit": "s/step", "lower_is_better": True, "auto": auto,
-            **_summary(times, threads), "raw": times}
+            "preset": preset, "gflop": gflop, **_summary(times, threads), "raw": times}
 
 
 def generation_row(s: dict, threads: int) -> dict:
@@ -251,6 +259,8 @@ def run_level(level: str, s: dict) -> dict:
     out.update(machine=machine_summary(),
                load_before=os.getloadavg())
     if "cgn" in s["stages"]:
+        from step_work import conv_peak
+        out["peak"] = {"fp32": conv_peak(torch.float32), "bf16": conv_peak(torch.bfloat16)}
         for preset in s["presets"]:
             say(f"CGN step, {preset}: 5 modes x {s['steps']} steps in {s['rounds']} rounds")
             out["rows"].append(cgn_row(preset, s, threads))
@@ -294,6 +304,35 @@ def table(result: dict) -> list[str]:
     return lines
 
 
+WORK_HEADER = ("preset", "GFLOP: original / default / floor", "GFLOP/s: original / default / floor",
+               "GFLOP beyond the floor", "at the fp32 peak: least step (s), speed-up, step / floor",
+               "at the bf16 peak: the same", "2.5x or 1.25x floor reachable: fp32 / bf16")
+
+
+def work_table(result: dict) -> list[str]:
+    """The CGN rows' arithmetic (benchmarks/step_work.py): FLOPs, the rates reached, and what
+    the step's work beyond the floor allows at the level's conv peak in each precision."""
+    from step_work import bounds
+    rows = [r for r in result["rows"] if "gflop" in r]
+    if not rows:
+        return []
+    peak = result["peak"]
+    lines = [f"conv peak (3x3, batch 32, 256 ch, 32 px): fp32 {peak['fp32']:.0f} GFLOP/s, "
+             f"bf16 {peak['bf16']:.0f} GFLOP/s", "",
+             "| " + " | ".join(WORK_HEADER) + " |", "|" + "---|" * len(WORK_HEADER)]
+    for row in rows:
+        g, v = row["gflop"], row["values"]
+        sec = {"original": v["original"], "default": v["default"], "floor": v["floor"]}
+        at = {p: bounds(g, sec, peak[p]) for p in ("fp32", "bf16")}
+        r = at["fp32"]["rates"]
+        cells = [row["preset"], f"{g['original']:.1f} / {g['cgn']:.1f} / {g['floor']:.1f}",
+                 f"{r['original']:.0f} / {r['default']:.0f} / {r['floor']:.0f}", f"{at['fp32']['rest_gflop']:.1f}",
+                 *(f"{b['least_step']:.3f}, {b['best_speedup']:.2f}x, {b['least_over_floor']:.2f}x" for b in at.values()),
+                 " / ".join("yes" if b["reachable"] else "no" for b in at.values())]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
 def report(result: dict) -> list[str]:
     level, rep = result["level"], result.get("reported", {})
     head = [f"## {level}"]
@@ -308,7 +347,8 @@ def report(result: dict) -> list[str]:
                for row in result["rows"] if "auto" in row),
              f"load average before {tuple(round(x, 2) for x in result['load_before'])}, after "
              f"{tuple(round(x, 2) for x in result['load_after'])}", ""]
-    return head + table(result)
+    work = work_table(result)
+    return head + table(result) + ([""] + work if work else [])
 
 
 def settings(a: argparse.Namespace) -> dict:
