@@ -12,6 +12,8 @@ Modes (same losses, same weights, same optimiser in all of them):
                  D frozen in the generator step, the training set one in-memory uint8 tensor;
   ours-bf16      as ours-fp32 with the VGG forward under bfloat16 autocast;
   ours-auto      as ours-fp32 at ``--precision auto`` (what this machine gets by default);
+  ours-auto-gan-bf16  as ours-auto with ``train.gan_precision=bf16`` (G and D under bf16
+                 autocast too; opt-in, not a default);
   floor          not a step: only the style loss's VGG passes of one, at the default (auto)
                  precision -- the real batch's forward without gradients and the generated
                  batch's forward + backward to the input. A step with this style loss cannot take less.
@@ -48,8 +50,8 @@ from cgn.presets import preset as preset_config  # noqa: E402
 from cgn.mnist.train import Trainer  # noqa: E402
 from timing import interleaved  # noqa: E402
 
-MODES = ("original-like", "ours-auto", "ours-fp32", "ours-bf16", "floor")
-PRECISION = {"ours-auto": "auto", "ours-bf16": "bf16", "floor": "auto"}  # the others: fp32
+MODES = ("original-like", "ours-auto", "ours-fp32", "ours-bf16", "ours-auto-gan-bf16", "floor")
+PRECISION = {"ours-auto": "auto", "ours-bf16": "bf16", "ours-auto-gan-bf16": "auto", "floor": "auto"}  # others: fp32
 
 ORIGINAL_SEC_PER_STEP = {"colored-mnist": 0.32, "double-colored-mnist": 0.32, "wildlife-mnist": 0.48}
 IMAGES = {"colored-mnist": 60000, "double-colored-mnist": 50000, "wildlife-mnist": 50000}
@@ -108,7 +110,8 @@ def make_trainer(preset: str, mode: str, root: Path, feature_extractor: str) -> 
     if mode not in MODES:
         raise SystemExit(f"unknown mode {mode!r}; choose from {', '.join(MODES)}")
     cfg = override(cfg, {"loss.feature_extractor": feature_extractor, "loss.precision": PRECISION.get(mode, "fp32"),
-                         "train.limit_train": 4096})
+                         "train.limit_train": 4096,
+                         "train.gan_precision": "bf16" if mode == "ours-auto-gan-bf16" else "fp32"})
     tr = Trainer(cfg, root / f"{preset}-{mode}")
     if mode == "original-like":
         tr.style = OriginalLikeStyle(tr.extractor, list(cfg.loss.style_weights) + [0.0] * (4 - len(cfg.loss.style_weights)))

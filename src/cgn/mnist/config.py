@@ -119,6 +119,11 @@ class TrainConfig:
                 "average is what the run samples from and saves as its CGN (0: none)"})
     ema_start: int = field(default=0, metadata={
         "help": "generator steps before the average starts (it copies the generator until then)"})
+    # "free" like loss.precision: it changes only the float rounding of the steps still to run
+    gan_precision: Literal["fp32", "bf16"] = field(default="fp32", metadata={"resume": "free",
+        "help": "precision of the generator's and discriminator's passes: fp32, or bf16 autocast "
+                "(parameters, optimisers and losses stay fp32). Faster where bf16 is native; not "
+                "validated for quality on every preset, so no 'auto' (docs/speed.md)"})
     eval_samples: int = field(default=1000, metadata={"help": "samples for the final mask statistics"})
     shape_judge: bool = field(default=True, metadata={
         "help": "report shape_accuracy: a fixed MNIST digit classifier applied to the final masks"})

@@ -64,5 +64,10 @@ class ShapeMechanism(Mechanism):
         )
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        """z [B, in_dim] -> mask [B, 1, H, W] in [1e-4, 1 - 1e-4]."""
-        return self.body(z).clamp(MASK_EPS, 1 - MASK_EPS)
+        """z [B, in_dim] -> mask [B, 1, H, W] in [1e-4, 1 - 1e-4]; float32 under autocast (bf16
+        has no number between 1 - 2^-8 and 1, so its clamp would let the mask reach 1 and the
+        mask loss's log(1 - m) diverge)."""
+        m = self.body(z)
+        if torch.is_autocast_enabled(m.device.type):
+            m = m.float()
+        return m.clamp(MASK_EPS, 1 - MASK_EPS)

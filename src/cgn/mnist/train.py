@@ -17,7 +17,8 @@ What differs from the original, none of it changing the losses: the real batch's
 are computed without gradients, stages with weight 0 are skipped and the VGG stops at the
 deepest stage needed; D's parameters do not collect gradients in the generator step; the data
 set lives in memory as one uint8 tensor indexed by batch (no per-item loading); optionally the
-VGG forward runs under bfloat16 autocast (``loss.precision``: bf16, or auto where it is faster).
+VGG forward runs under bfloat16 autocast (``loss.precision``: bf16, or auto where it is faster),
+and so, with ``train.gan_precision`` bf16, do the generator's and discriminator's passes.
 
 Exact resume: the run directory's ``checkpoints/last.pt`` holds models, optimisers, the data
 generator's state, every global RNG, the timeline and the running loss sums; the data order is a
@@ -62,7 +63,7 @@ from cgn.io import read_json, save_npz_atomic, write_json_atomic
 from cgn.mnist.config import CGNTrainConfig, config_from_dict
 from cgn.mnist.discriminator import build_discriminator
 from cgn.mnist.figures import save_sample_grid, save_timeline_figure
-from cgn.mnist.model import CHECKPOINT_KIND, MnistCGN
+from cgn.mnist.model import CHECKPOINT_KIND, CGNOutput, MnistCGN
 from cgn.mnist.quality import evaluate_generator
 
 GRID_ROWS = 4           # sample grid: 10 classes x GRID_ROWS fixed noise vectors
@@ -274,6 +275,16 @@ class Trainer:
         b = self.cfg.train.batch_size
         return perm[i * b:(i + 1) * b]
 
+    def _gan_autocast(self):
+        """bf16 autocast around G's and D's passes when ``train.gan_precision`` is bf16."""
+        return torch.autocast(self.device.type, dtype=torch.bfloat16,
+                              enabled=self.cfg.train.gan_precision == "bf16")
+
+    def _score(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """D's score [B] in fp32, its pass at ``train.gan_precision``."""
+        with self._gan_autocast():
+            return self.D(x, labels).float()
+
     def train_step(self) -> dict[str, float]:
         lc, b = self.cfg.loss, self.cfg.train.batch_size
         x_real, y_real = self.data.batch(self._batch_indices(self.step), self.device)
@@ -284,8 +295,10 @@ class Trainer:
         # generator
         self.opt_g.zero_grad(set_to_none=True)
         self.D.requires_grad_(not self.freeze_d_in_g_step)
-        out = self.G(**inp)
-        losses = {"g_adv": lsgan_generator_loss(self.D(out.composite, inp["labels"]))}
+        with self._gan_autocast():
+            out = self.G(**inp)
+        out = CGNOutput(**{k: v.float() for k, v in vars(out).items()})  # losses in fp32
+        losses = {"g_adv": lsgan_generator_loss(self._score(out.composite, inp["labels"]))}
         losses["g_mask"] = lc.mask_weight * mask_binary_entropy(out.mask)
         style, parts = self.style(out.composite, x_real)
         losses["g_style"] = style
@@ -304,7 +317,7 @@ class Trainer:
         # discriminator
         self.opt_d.zero_grad(set_to_none=True)
         x_gen = out.composite.detach()
-        loss_d = lsgan_discriminator_loss(self.D(x_real, y_real), self.D(x_gen, inp["labels"]))
+        loss_d = lsgan_discriminator_loss(self._score(x_real, y_real), self._score(x_gen, inp["labels"]))
         loss_d.backward()
         self.opt_d.step()
 
@@ -350,7 +363,8 @@ class Trainer:
             self.run.log(f"training {t.dataset}: {self.total_steps} steps of batch {t.batch_size} "
                          f"({self.steps_per_epoch} steps/epoch, {len(self.data)} images) on {self.device}; "
                          f"style features: {self.feature_source.describe()}; VGG precision "
-                         f"{self.precision.name} ({self.precision.reason})")
+                         f"{self.precision.name} ({self.precision.reason}); generator and discriminator in "
+                         f"{t.gan_precision}")
             self._record_timeline()
             self._sample_grid()
         bar = progress(total=self.total_steps, initial=self.step, desc=f"train-cgn {t.dataset}")
@@ -400,7 +414,7 @@ class Trainer:
             "dataset": t.dataset, "preset": self.cfg.preset, "steps": self.step,
             "epochs": round(self.step / self.steps_per_epoch, 3),
             "feature_extractor": self.feature_source.as_dict(), "bf16": self.precision.bf16,
-            "precision": self.precision.as_dict(),
+            "precision": self.precision.as_dict(), "gan_precision": t.gan_precision,
             "data": self.data.meta,
             "generator": "trained" if self.G_ema is None else f"ema (decay {t.ema_decay:g} from step {t.ema_start})",
             "device": str(self.device), "threads": torch.get_num_threads(),
