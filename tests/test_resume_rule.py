@@ -141,10 +141,11 @@ def test_each_config_lets_change_what_its_command_did_before():
     from cgn.mnist.config import CGNTrainConfig
     from cgn.mnist.counterfactuals import Generation
     from cgn.mnist.reproduce import ReproduceConfig
-    # loss.precision: like the thread count, only the rounding of the steps still to run
+    # loss.precision, train.gan_precision: like the thread count, only the rounding of the steps
+    # still to run
     assert _rules(CGNTrainConfig) == {"train.epochs": "extend", "train.max_steps": "extend",
                                       "train.device": "free", "train.threads": "free",
-                                      "loss.precision": "free"}
+                                      "train.gan_precision": "free", "loss.precision": "free"}
     assert _rules(ImageNetCGNConfig) == {"train.episodes": "extend", "train.keep_every": "free",
                                         "train.precision": "free"}
     assert _rules(ClassifierTrainConfig) == {
