@@ -52,6 +52,7 @@ from timing import interleaved  # noqa: E402
 
 MODES = ("original-like", "ours-auto", "ours-fp32", "ours-bf16", "ours-auto-gan-bf16", "floor")
 PRECISION = {"ours-auto": "auto", "ours-bf16": "bf16", "ours-auto-gan-bf16": "auto", "floor": "auto"}  # others: fp32
+GAN_PRECISION = {"ours-auto-gan-bf16": "bf16"}  # train.gan_precision; the others: fp32
 
 ORIGINAL_SEC_PER_STEP = {"colored-mnist": 0.32, "double-colored-mnist": 0.32, "wildlife-mnist": 0.48}
 IMAGES = {"colored-mnist": 60000, "double-colored-mnist": 50000, "wildlife-mnist": 50000}
@@ -111,7 +112,7 @@ def make_trainer(preset: str, mode: str, root: Path, feature_extractor: str) -> 
         raise SystemExit(f"unknown mode {mode!r}; choose from {', '.join(MODES)}")
     cfg = override(cfg, {"loss.feature_extractor": feature_extractor, "loss.precision": PRECISION.get(mode, "fp32"),
                          "train.limit_train": 4096,
-                         "train.gan_precision": "bf16" if mode == "ours-auto-gan-bf16" else "fp32"})
+                         "train.gan_precision": GAN_PRECISION.get(mode, "fp32")})
     tr = Trainer(cfg, root / f"{preset}-{mode}")
     if mode == "original-like":
         tr.style = OriginalLikeStyle(tr.extractor, list(cfg.loss.style_weights) + [0.0] * (4 - len(cfg.loss.style_weights)))

@@ -3,8 +3,9 @@ the bounds the two put on the step's time.
 
     python benchmarks/step_work.py [--presets wildlife-mnist ...]   # GFLOP per step, no timing
 
-FLOPs are counted by torch (``torch.utils.flop_counter.FlopCounterMode``: convolutions and their
-backward, matrix products, the Gram matrices' bmm), the same whatever the precision:
+FLOPs are counted with torch's own formulas (``torch.utils.flop_counter.flop_registry``:
+convolutions and their backward, matrix products, the Gram matrices' bmm), the same whatever the
+precision:
 
 - ``original``: one step of benchmarks/cgn_train_step.py's original-like mode;
 - ``cgn``: one step of cgn's loop (its stages, D frozen in the generator step);
