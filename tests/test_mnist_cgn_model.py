@@ -104,6 +104,43 @@ def test_discriminators():
     assert [m.kernel_size for m in conv.model if isinstance(m, torch.nn.Conv2d)] == [(3, 3), (3, 3), (4, 4), (4, 4), (1, 1)]
 
 
+
+def test_linear_discriminator_is_the_layer_on_the_concatenation_without_its_input_gradient():
+    """The first layer split into its image and label columns computes the original's
+    ``Linear(cat[flatten(x), e(y)])`` with the same parameters; a real (or detached) image then
+    gets no [B, 3072] input gradient, only the parameters do."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+    torch.manual_seed(0)
+    d = LinearDiscriminator(10, 64).eval()  # eval: no dropout, so both forms are deterministic
+    x, y = torch.randn(5, 3, 32, 32), torch.randint(10, (5,))
+
+    def reference(x):
+        return d.model(torch.cat([x.flatten(1), d.label_embedding(y)], 1)).view(-1)
+
+    xr = x.clone().requires_grad_(True)
+    ref = reference(xr)
+    ref_grads = torch.autograd.grad(ref.square().sum(), [xr, *d.parameters()])
+    xs = x.clone().requires_grad_(True)
+    out = d(xs, y)
+    grads = torch.autograd.grad(out.square().sum(), [xs, *d.parameters()])
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-6)
+
+    class Shapes(TorchDispatchMode):
+        seen: list = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if func in (torch.ops.aten.mm.default, torch.ops.aten.addmm.default):
+                self.seen.append(tuple(out.shape))
+            return out
+
+    with Shapes() as mode:
+        d(x, y).square().sum().backward()  # D's own step: x needs no gradient
+    assert mode.seen and (5, 3072) not in mode.seen and (5, 3082) not in mode.seen
+    assert d.model[0].weight.grad is not None and d.label_embedding.weight.grad is not None
+
 def test_presets_hold_the_original_hyper_parameters():
     assert set(PRESETS) == {"colored-mnist", "double-colored-mnist", "wildlife-mnist"}
     c, d, w = (preset(n) for n in ("colored-mnist", "double-colored-mnist", "wildlife-mnist"))

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 from cgn.mnist.model import init_weights
 
@@ -36,8 +37,42 @@ class LinearDiscriminator(nn.Module):
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """x [B, 3, H, W], labels [B] -> score [B]."""
-        d_in = torch.cat([x.flatten(1), self.label_embedding(labels)], dim=1)
-        return self.model(d_in).view(-1)
+        first = self.model[0]
+        h = _LabelledLinear.apply(x.flatten(1), self.label_embedding(labels), first.weight, first.bias)
+        return self.model[1:](h).view(-1)
+
+
+class _LabelledLinear(torch.autograd.Function):
+    """``Linear(cat[x, e])`` (x [B, n], e [B, k], weight [out, n + k], bias [out]) whose backward
+    computes x's gradient only when x needs one.
+
+    Through autograd's concatenation the embedding's gradient needs the whole input gradient, a
+    [B, out] x [out, n + k] product per pass, even for a real or detached x (D's own step), of
+    which it keeps k = 10 columns. Forward and parameter gradients are the same products as the
+    plain layer's."""
+
+    @staticmethod
+    def forward(ctx, x, e, weight, bias):
+        d_in = torch.cat([x, e], dim=1)
+        ctx.save_for_backward(d_in, weight)
+        ctx.n = x.shape[1]
+        return torch.addmm(bias, d_in, weight.t())
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        d_in, weight = ctx.saved_tensors
+        n, dt = ctx.n, grad.dtype  # under autocast the products ran in grad's dtype, as here
+        w = weight.to(dt)
+        grad_x = grad_e = None
+        if ctx.needs_input_grad[0]:  # the generator's step: the plain layer's input gradient
+            grad_in = (grad @ w).to(d_in.dtype)
+            grad_x, grad_e = grad_in[:, :n], grad_in[:, n:]
+        elif ctx.needs_input_grad[1]:
+            grad_e = (grad @ w[:, n:]).to(d_in.dtype)
+        grad_w = (grad.t() @ d_in.to(dt)).to(weight.dtype) if ctx.needs_input_grad[2] else None
+        grad_b = grad.sum(0).to(weight.dtype) if ctx.needs_input_grad[3] else None
+        return grad_x, grad_e, grad_w, grad_b
 
 
 def _block(cin: int, cout: int, k: int, s: int) -> list[nn.Module]:
