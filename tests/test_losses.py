@@ -233,3 +233,29 @@ def test_gram_l1_matches_autograd_in_float64(channels_last):
     torch.testing.assert_close(again, b.grad, rtol=1e-4, atol=1e-7)
     if channels_last:  # the gradient keeps the features' layout (it meets the VGG's own there)
         assert again.is_contiguous(memory_format=torch.channels_last) and not again.is_contiguous()
+
+
+def test_gram_of_bf16_features_keeps_float32_products():
+    """bf16 VGG features take the Gram's bf16-operand kernel (oneDNN's bf32 mode, where the CPU
+    has one); it must give the float32 products: loss and the gradient of the float32 rows as
+    accurate as the float32 kernel against float64, and the process-wide setting restored."""
+    from cgn.core.losses import _GramL1, _gram_rows
+    g = torch.Generator().manual_seed(4)
+    f = torch.rand(4, 64, 16, 16, generator=g).bfloat16().contiguous(memory_format=torch.channels_last)
+    # an fp32 target that bf16 cannot hold: rounding it (or the difference) would show at 1e-3
+    noise = torch.randn(4, 64, 64, generator=g)
+    target = (gram_matrix(f.float()) * (1 + 1e-3 * (noise + noise.transpose(1, 2)))).float()  # symmetric
+    before = torch.backends.mkldnn.matmul.fp32_precision
+    x = f.detach().requires_grad_()
+    rows, alpha = _gram_rows(x)
+    rows.retain_grad()
+    loss = _GramL1.apply(rows, target, alpha, x.detach())
+    loss.backward()
+    assert torch.backends.mkldnn.matmul.fp32_precision == before
+    r = f.double().reshape(4, 64, 256)
+    diff = r @ r.transpose(1, 2) / (64 * 256) - target.double()
+    ref_loss = diff.abs().mean()
+    ref_grad = 2 / (64 * 256) / diff.numel() * (diff.sign() @ r)
+    torch.testing.assert_close(loss.double(), ref_loss, rtol=1e-5, atol=0)
+    torch.testing.assert_close(rows.grad.double(), ref_grad, rtol=1e-5, atol=1e-9)
+    torch.testing.assert_close(gram_matrix(f).double(), r @ r.transpose(1, 2) / (64 * 256), rtol=1e-5, atol=1e-9)
