@@ -35,7 +35,7 @@ def test_isa_levels_follow_the_flags_and_the_onednn_cap(flags, monkeypatch):
     assert P.isa_description().startswith("avx512 / ATen ")
 
 
-def test_auto_picks_bf16_with_amx_and_fp32_without_native_bf16(flags, monkeypatch):
+def test_auto_picks_bf16_with_amx_and_fp32_without_native_bf16(flags, monkeypatch, clock):
     monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
     flags("avx2", "avx512f", "avx512_bf16", "amx_bf16")
     p = P.resolve_precision("auto", "cpu")
@@ -53,19 +53,37 @@ def test_auto_picks_bf16_with_amx_and_fp32_without_native_bf16(flags, monkeypatc
         P.resolve_precision("fp16", "cpu")
 
 
-def _fake_probe(stage: str, bf16_ms: float, fp32_ms: float, calls: list | None = None) -> P.Probe:
-    """Work that takes the given times: what a real probe (a stage's step) measures."""
-    import time
+class _Clock:
+    """A perf_counter that only the fake work advances: probe times exact under any load."""
+    now = 0.0
 
+    def perf_counter(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch):
+    c = _Clock()
+    monkeypatch.setattr(P, "time", c)
+    return c
+
+
+def _fake_probe(stage: str, bf16_ms: float, fp32_ms: float, calls: list | None = None) -> P.Probe:
+    """Work that takes the given times on the test's clock: what a real probe (a stage's step)
+    measures."""
     def make(bf16: bool):
         if calls is not None:
             calls.append(bf16)
         ms = bf16_ms if bf16 else fp32_ms
-        return lambda: (torch.rand(3), time.sleep(ms / 1e3))
+
+        def work():
+            torch.rand(3)
+            P.time.now += ms / 1e3
+        return work
     return P.Probe(stage, make, calls=2, rounds=2)
 
 
-def test_auto_measures_bf16_against_fp32_where_avx512_bf16_has_no_amx(flags, monkeypatch, tmp_path):
+def test_auto_measures_bf16_against_fp32_where_avx512_bf16_has_no_amx(flags, monkeypatch, tmp_path, clock):
     """On AVX-512-BF16 without AMX the stage's probe decides, once per machine: the verdict is
     cached under $CGN_HOME (keyed by CPU, caps and torch), a damaged cache is measured again, bf16
     needs a clear margin, and measuring draws nothing from the run's random numbers."""
@@ -86,10 +104,12 @@ def test_auto_measures_bf16_against_fp32_where_avx512_bf16_has_no_amx(flags, mon
     assert slow.name == "fp32" and torch.equal(torch.rand(2), expected)  # measured, RNG untouched
     close = P.resolve_precision("auto", "cpu", probe=_fake_probe("close", 9.5, 10))
     assert close.name == "fp32"                            # 5 % faster is within the margin
+    edge = P.resolve_precision("auto", "cpu", probe=_fake_probe("edge", 8.9, 10))
+    assert edge.bf16 and "8.90 ms" in edge.reason and "10.00 ms" in edge.reason  # 11 % faster pays
     cache = P.probe_cache_path()
     assert cache.parent == tmp_path / "precision"
     import json
-    assert set(json.loads(cache.read_text())["stages"]) == {"fast-bf16", "slow-bf16", "close"}
+    assert set(json.loads(cache.read_text())["stages"]) == {"fast-bf16", "slow-bf16", "close", "edge"}
     cache.write_text("{not json")
     assert P.resolve_precision("auto", "cpu", probe=_fake_probe("fast-bf16", 2, 10, built)).bf16
     assert built == [False, True, False, True]            # a damaged cache: measured again
