@@ -35,7 +35,7 @@ def test_isa_levels_follow_the_flags_and_the_onednn_cap(flags, monkeypatch):
     assert P.isa_description().startswith("avx512 / ATen ")
 
 
-def test_auto_picks_bf16_with_amx_and_fp32_without_native_bf16(flags, monkeypatch, clock):
+def test_auto_picks_bf16_with_amx_and_fp32_without_native_bf16(flags, monkeypatch):
     monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
     flags("avx2", "avx512f", "avx512_bf16", "amx_bf16")
     p = P.resolve_precision("auto", "cpu")
